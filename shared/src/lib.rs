@@ -14,7 +14,7 @@ stays small; the `std` feature only adds policy-file parsing and the wall clock.
 - [`policy`]: the subsidy policy (Beijing 2018 built in).
 - [`calendar`]: seasons, nights, the off-peak window and its boundary instants.
 - [`wire`]: the `readings` and `status` MQTT payloads with validation.
-- [`clock`] (`std`): wall and accelerated clocks, so a season runs in seconds.
+- `clock` (`std`): wall and accelerated clocks, so a season runs in seconds.
 */
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(missing_docs, unsafe_code)]

@@ -118,7 +118,9 @@ impl FromStr for Address {
         for (i, pair) in digits.chunks_exact(2).enumerate() {
             let byte = match pair {
                 [b'A' | b'a', b'A' | b'a'] => 0xAA,
-                [h, l] if h.is_ascii_digit() && l.is_ascii_digit() => ((h - b'0') << 4) | (l - b'0'),
+                [h, l] if h.is_ascii_digit() && l.is_ascii_digit() => {
+                    ((h - b'0') << 4) | (l - b'0')
+                }
                 _ => return Err(AddressError::BadDigit),
             };
             if let Some(slot) = bytes.get_mut(5 - i) {
@@ -169,8 +171,14 @@ mod tests {
         assert_eq!(Address::BROADCAST.to_string(), "999999999999");
         assert_eq!(a.number(), Some(1_234_567_890));
         assert_eq!(Address::WILDCARD.number(), None);
-        assert_eq!(Address::from_number(123_456_789_012).unwrap().to_string(), "123456789012");
-        assert_eq!(Address::from_number(1_000_000_000_000), Err(AddressError::TooLong));
+        assert_eq!(
+            Address::from_number(123_456_789_012).unwrap().to_string(),
+            "123456789012"
+        );
+        assert_eq!(
+            Address::from_number(1_000_000_000_000),
+            Err(AddressError::TooLong)
+        );
     }
 
     #[test]

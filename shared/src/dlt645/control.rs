@@ -283,7 +283,12 @@ mod tests {
             (0x91, true, Some(ReplyKind::Normal), Function::ReadData),
             (0xB1, true, Some(ReplyKind::FollowUp), Function::ReadData),
             (0xD1, true, Some(ReplyKind::Abnormal), Function::ReadData),
-            (0xD2, true, Some(ReplyKind::Abnormal), Function::ReadFollowUp),
+            (
+                0xD2,
+                true,
+                Some(ReplyKind::Abnormal),
+                Function::ReadFollowUp,
+            ),
             (0x93, true, Some(ReplyKind::Normal), Function::ReadAddress),
             (0x08, false, None, Function::BroadcastTime),
         ];
@@ -293,8 +298,14 @@ mod tests {
             assert_eq!(c.reply_kind(), kind, "{c:?}");
             assert_eq!(c.function(), function, "{c:?}");
         }
-        assert_eq!(Control::reply(Function::ReadData, ReplyKind::FollowUp), Control(0xB1));
-        assert_eq!(Control::reply(Function::ReadData, ReplyKind::Abnormal), Control(0xD1));
+        assert_eq!(
+            Control::reply(Function::ReadData, ReplyKind::FollowUp),
+            Control(0xB1)
+        );
+        assert_eq!(
+            Control::reply(Function::ReadData, ReplyKind::Abnormal),
+            Control(0xD1)
+        );
         assert_eq!(Control::request(Function::ReadAddress), Control(0x13));
         for code in 0..=0x1F {
             assert_eq!(Function::from_code(code).code(), code);
@@ -310,7 +321,10 @@ mod tests {
         assert_eq!(e.to_string(), "ERR=02 (no requested data)");
         let both = ErrorBits::OTHER | ErrorBits::TARIFFS;
         assert_eq!(both.bits(), 0x41);
-        assert_eq!(both.iter().collect::<Vec<_>>(), vec![ErrorBit::Other, ErrorBit::Tariffs]);
+        assert_eq!(
+            both.iter().collect::<Vec<_>>(),
+            vec![ErrorBit::Other, ErrorBit::Tariffs]
+        );
         assert_eq!(ErrorBits(0xFF).iter().count(), 8);
     }
 }

@@ -7,7 +7,7 @@
 //! (exact) or [`W`] (rounded), voltage in decivolts, current in milliamps,
 //! frequency in centihertz.
 
-use crate::units::{W, Wh};
+use crate::units::{Wh, W};
 
 use super::address::Address;
 
@@ -32,7 +32,10 @@ pub enum DataError {
 
 /// The bytes as exactly `N` bytes.
 pub(crate) fn exact<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DataError> {
-    bytes.try_into().map_err(|_| DataError::BadLength { expected: N, got: bytes.len() })
+    bytes.try_into().map_err(|_| DataError::BadLength {
+        expected: N,
+        got: bytes.len(),
+    })
 }
 
 /// One BCD byte (two digits) as `0..=99`.
@@ -55,9 +58,15 @@ pub fn to_bcd_byte(v: u8) -> Result<u8, DataError> {
 /// Unsigned packed BCD, low byte first, at most 9 bytes (18 digits).
 pub fn bcd_unsigned(bytes: &[u8]) -> Result<u64, DataError> {
     if bytes.len() > 9 {
-        return Err(DataError::BadLength { expected: 9, got: bytes.len() });
+        return Err(DataError::BadLength {
+            expected: 9,
+            got: bytes.len(),
+        });
     }
-    bytes.iter().rev().try_fold(0u64, |n, &b| Ok(n * 100 + u64::from(bcd_byte(b)?)))
+    bytes
+        .iter()
+        .rev()
+        .try_fold(0u64, |n, &b| Ok(n * 100 + u64::from(bcd_byte(b)?)))
 }
 
 /// Sign-magnitude packed BCD, low byte first: bit 7 of the last byte is the sign
@@ -67,13 +76,23 @@ pub fn bcd_signed(bytes: &[u8]) -> Result<i64, DataError> {
         return Ok(0);
     };
     if bytes.len() > 9 {
-        return Err(DataError::BadLength { expected: 9, got: bytes.len() });
+        return Err(DataError::BadLength {
+            expected: 9,
+            got: bytes.len(),
+        });
     }
     let top = u64::from(bcd_byte(last & 0x7F)?);
-    let magnitude = rest.iter().rev().try_fold(top, |n, &b| Ok(n * 100 + u64::from(bcd_byte(b)?)))?;
+    let magnitude = rest
+        .iter()
+        .rev()
+        .try_fold(top, |n, &b| Ok(n * 100 + u64::from(bcd_byte(b)?)))?;
     // At most 17 decimal digits after the sign bit, far inside i64.
     let magnitude = i64::try_from(magnitude).map_err(|_| DataError::OutOfRange)?;
-    Ok(if last & 0x80 != 0 { -magnitude } else { magnitude })
+    Ok(if last & 0x80 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    })
 }
 
 /// Writes `value` as unsigned packed BCD, low byte first, filling `out`.
@@ -108,7 +127,9 @@ pub fn encode_bcd_signed(value: i64, out: &mut [u8]) -> Result<(), DataError> {
 /// Energy `XXXXXX.XX` kWh, 4 bytes unsigned, as Wh (exact: ×10).
 pub fn energy_wh(bytes: &[u8]) -> Result<Wh, DataError> {
     let b: [u8; 4] = exact(bytes)?;
-    Ok(Wh(i64::try_from(bcd_unsigned(&b)?).map_err(|_| DataError::OutOfRange)? * 10))
+    Ok(Wh(i64::try_from(bcd_unsigned(&b)?)
+        .map_err(|_| DataError::OutOfRange)?
+        * 10))
 }
 
 /// Signed energy `XXXXXX.XX` kWh (combined active 00000000), 4 bytes, as Wh (exact).
@@ -182,7 +203,10 @@ pub fn power_dw_bytes(dw: i32) -> Result<[u8; 3], DataError> {
 
 /// Power in W as `XX.XXXX` kW bytes (exact, |p| ≤ 79 999 W).
 pub fn power_bytes(p: W) -> Result<[u8; 3], DataError> {
-    let dw = p.0.checked_mul(10).and_then(|v| i32::try_from(v).ok()).ok_or(DataError::OutOfRange)?;
+    let dw =
+        p.0.checked_mul(10)
+            .and_then(|v| i32::try_from(v).ok())
+            .ok_or(DataError::OutOfRange)?;
     power_dw_bytes(dw)
 }
 
@@ -218,7 +242,10 @@ pub fn address_bytes(a: Address) -> Result<[u8; 6], DataError> {
 mod tests {
     use super::*;
 
-    fn check<T: PartialEq + core::fmt::Debug>(f: fn(&[u8]) -> Result<T, DataError>, table: &[(&[u8], Result<T, DataError>)]) {
+    fn check<T: PartialEq + core::fmt::Debug>(
+        f: fn(&[u8]) -> Result<T, DataError>,
+        table: &[(&[u8], Result<T, DataError>)],
+    ) {
         for (input, expected) in table {
             assert_eq!(&f(input), expected, "input {input:02X?}");
         }
@@ -236,7 +263,13 @@ mod tests {
                 (&[0x00, 0x00, 0x00, 0x80], Ok(Wh(800_000_000))), // unsigned: bit 7 is a digit
                 (&[0x1A, 0, 0, 0], Err(DataError::BadBcd)),
                 (&[0xA1, 0, 0, 0], Err(DataError::BadBcd)),
-                (&[0x26, 0, 0], Err(DataError::BadLength { expected: 4, got: 3 })),
+                (
+                    &[0x26, 0, 0],
+                    Err(DataError::BadLength {
+                        expected: 4,
+                        got: 3,
+                    }),
+                ),
             ],
         );
         check(
@@ -270,7 +303,13 @@ mod tests {
                 (&[0x45, 0x23, 0x81], Ok(W(-1235))), // tie away from zero
                 (&[0x04, 0x00, 0x80], Ok(W(0))),
                 (&[0x05, 0x00, 0x80], Ok(W(-1))),
-                (&[0x45, 0x23], Err(DataError::BadLength { expected: 3, got: 2 })),
+                (
+                    &[0x45, 0x23],
+                    Err(DataError::BadLength {
+                        expected: 3,
+                        got: 2,
+                    }),
+                ),
             ],
         );
         check(
@@ -283,8 +322,27 @@ mod tests {
                 (&[0x34, 0x12, 0x8A], Err(DataError::BadBcd)),
             ],
         );
-        check(voltage_dv, &[(&[0x01, 0x10], Ok(1001)), (&[0x94, 0x23], Ok(2394)), (&[0x00, 0x2A], Err(DataError::BadBcd))]);
-        check(frequency_chz, &[(&[0x03, 0x50], Ok(5003)), (&[0x03], Err(DataError::BadLength { expected: 2, got: 1 }))]);
+        check(
+            voltage_dv,
+            &[
+                (&[0x01, 0x10], Ok(1001)),
+                (&[0x94, 0x23], Ok(2394)),
+                (&[0x00, 0x2A], Err(DataError::BadBcd)),
+            ],
+        );
+        check(
+            frequency_chz,
+            &[
+                (&[0x03, 0x50], Ok(5003)),
+                (
+                    &[0x03],
+                    Err(DataError::BadLength {
+                        expected: 2,
+                        got: 1,
+                    }),
+                ),
+            ],
+        );
     }
 
     #[test]
@@ -293,7 +351,10 @@ mod tests {
         assert_eq!(energy_bytes(Wh(-10)), Err(DataError::OutOfRange));
         assert_eq!(energy_bytes(Wh(1_000_000_000)), Err(DataError::OutOfRange));
         assert_eq!(signed_energy_bytes(Wh(-260)), Ok([0x26, 0, 0, 0x80]));
-        assert_eq!(signed_energy_bytes(Wh(800_000_000)), Err(DataError::OutOfRange));
+        assert_eq!(
+            signed_energy_bytes(Wh(800_000_000)),
+            Err(DataError::OutOfRange)
+        );
         assert_eq!(power_bytes(W(-1234)), Ok([0x40, 0x23, 0x81]));
         assert_eq!(power_bytes(W(80_000)), Err(DataError::OutOfRange));
         assert_eq!(current_bytes(-1234), Ok([0x34, 0x12, 0x80]));
@@ -302,6 +363,12 @@ mod tests {
         assert_eq!(frequency_bytes(5003), Ok([0x03, 0x50]));
         assert_eq!(address_bytes(Address::WILDCARD), Err(DataError::BadBcd));
         assert_eq!(bcd_signed(&[]), Ok(0));
-        assert_eq!(bcd_unsigned(&[0; 10]), Err(DataError::BadLength { expected: 9, got: 10 }));
+        assert_eq!(
+            bcd_unsigned(&[0; 10]),
+            Err(DataError::BadLength {
+                expected: 9,
+                got: 10
+            })
+        );
     }
 }

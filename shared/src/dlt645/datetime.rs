@@ -61,7 +61,11 @@ fn days_in_month(year: u16, month: u8) -> u8 {
 }
 
 fn check_date(year: u16, month: u8, day: u8) -> Result<(), DataError> {
-    if !(2000..=2099).contains(&year) || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+    if !(2000..=2099).contains(&year)
+        || !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+    {
         return Err(DataError::OutOfRange);
     }
     Ok(())
@@ -85,18 +89,33 @@ impl MeterDate {
         if weekday > 6 {
             return Err(DataError::OutOfRange);
         }
-        Ok(Self { year, month, day, weekday })
+        Ok(Self {
+            year,
+            month,
+            day,
+            weekday,
+        })
     }
 
     /// Decodes the 04000101 value: 4 bytes, wire order `WW DD MM YY`.
     pub fn decode(bytes: &[u8]) -> Result<Self, DataError> {
         let [ww, dd, mm, yy] = exact::<4>(bytes)?;
-        Self::new(2000 + u16::from(bcd_byte(yy)?), bcd_byte(mm)?, bcd_byte(dd)?, bcd_byte(ww)?)
+        Self::new(
+            2000 + u16::from(bcd_byte(yy)?),
+            bcd_byte(mm)?,
+            bcd_byte(dd)?,
+            bcd_byte(ww)?,
+        )
     }
 
     /// The 04000101 value bytes, wire order `WW DD MM YY`.
     pub fn encode(&self) -> Result<[u8; 4], DataError> {
-        Ok([to_bcd_byte(self.weekday)?, to_bcd_byte(self.day)?, to_bcd_byte(self.month)?, to_bcd_byte(yy(self.year))?])
+        Ok([
+            to_bcd_byte(self.weekday)?,
+            to_bcd_byte(self.day)?,
+            to_bcd_byte(self.month)?,
+            to_bcd_byte(yy(self.year))?,
+        ])
     }
 }
 
@@ -104,7 +123,11 @@ impl MeterTime {
     /// A checked time.
     pub fn new(hour: u8, minute: u8, second: u8) -> Result<Self, DataError> {
         check_time(hour, minute, second)?;
-        Ok(Self { hour, minute, second })
+        Ok(Self {
+            hour,
+            minute,
+            second,
+        })
     }
 
     /// Decodes the 04000102 value: 3 bytes, wire order `ss mm hh`.
@@ -115,16 +138,34 @@ impl MeterTime {
 
     /// The 04000102 value bytes, wire order `ss mm hh`.
     pub fn encode(&self) -> Result<[u8; 3], DataError> {
-        Ok([to_bcd_byte(self.second)?, to_bcd_byte(self.minute)?, to_bcd_byte(self.hour)?])
+        Ok([
+            to_bcd_byte(self.second)?,
+            to_bcd_byte(self.minute)?,
+            to_bcd_byte(self.hour)?,
+        ])
     }
 }
 
 impl MeterDateTime {
     /// A checked date and time (year 2000..=2099, real month lengths, leap years).
-    pub fn new(year: u16, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> Result<Self, DataError> {
+    pub fn new(
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+    ) -> Result<Self, DataError> {
         check_date(year, month, day)?;
         check_time(hour, minute, second)?;
-        Ok(Self { year, month, day, hour, minute, second })
+        Ok(Self {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        })
     }
 
     /// Joins a date read (04000101) and a time read (04000102).
@@ -156,7 +197,14 @@ impl MeterDateTime {
     /// written modulo 100, so an unchecked struct still encodes without panicking.
     pub fn to_broadcast_bytes(&self) -> [u8; 6] {
         let b = |v: u8| to_bcd_byte(v % 100).unwrap_or(0);
-        [b(self.second), b(self.minute), b(self.hour), b(self.day), b(self.month), b(yy(self.year))]
+        [
+            b(self.second),
+            b(self.minute),
+            b(self.hour),
+            b(self.day),
+            b(self.month),
+            b(yy(self.year)),
+        ]
     }
 
     /// As a `time` value, if the fields are in range.
@@ -170,18 +218,34 @@ impl MeterDateTime {
     /// From a `time` value (seconds truncated); years outside 2000..=2099 are refused.
     pub fn from_primitive(dt: PrimitiveDateTime) -> Result<Self, DataError> {
         let year = u16::try_from(dt.year()).map_err(|_| DataError::OutOfRange)?;
-        Self::new(year, u8::from(dt.month()), dt.day(), dt.hour(), dt.minute(), dt.second())
+        Self::new(
+            year,
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+        )
     }
 
     /// The date part, with the weekday computed from the calendar (0 = Sunday).
     pub fn date(&self) -> Option<MeterDate> {
         let weekday = self.to_primitive()?.weekday().number_days_from_sunday();
-        Some(MeterDate { year: self.year, month: self.month, day: self.day, weekday })
+        Some(MeterDate {
+            year: self.year,
+            month: self.month,
+            day: self.day,
+            weekday,
+        })
     }
 
     /// The time part.
     pub fn time(&self) -> MeterTime {
-        MeterTime { hour: self.hour, minute: self.minute, second: self.second }
+        MeterTime {
+            hour: self.hour,
+            minute: self.minute,
+            second: self.second,
+        }
     }
 }
 
@@ -192,8 +256,24 @@ mod tests {
     #[test]
     fn dates() {
         let table: [(&[u8], Result<MeterDate, DataError>); 7] = [
-            (&[0x00, 0x17, 0x05, 0x26], Ok(MeterDate { year: 2026, month: 5, day: 17, weekday: 0 })),
-            (&[0x04, 0x29, 0x02, 0x24], Ok(MeterDate { year: 2024, month: 2, day: 29, weekday: 4 })),
+            (
+                &[0x00, 0x17, 0x05, 0x26],
+                Ok(MeterDate {
+                    year: 2026,
+                    month: 5,
+                    day: 17,
+                    weekday: 0,
+                }),
+            ),
+            (
+                &[0x04, 0x29, 0x02, 0x24],
+                Ok(MeterDate {
+                    year: 2024,
+                    month: 2,
+                    day: 29,
+                    weekday: 4,
+                }),
+            ),
             (&[0x04, 0x29, 0x02, 0x25], Err(DataError::OutOfRange)),
             (&[0x00, 0x31, 0x04, 0x26], Err(DataError::OutOfRange)),
             (&[0x07, 0x17, 0x05, 0x26], Err(DataError::OutOfRange)),
@@ -206,14 +286,34 @@ mod tests {
                 assert_eq!(d.encode().as_ref().map(|b| &b[..]), Ok(input));
             }
         }
-        assert_eq!(MeterDate::decode(&[0; 3]), Err(DataError::BadLength { expected: 4, got: 3 }));
+        assert_eq!(
+            MeterDate::decode(&[0; 3]),
+            Err(DataError::BadLength {
+                expected: 4,
+                got: 3
+            })
+        );
     }
 
     #[test]
     fn times() {
         let table: [(&[u8], Result<MeterTime, DataError>); 5] = [
-            (&[0x00, 0x30, 0x12], Ok(MeterTime { hour: 12, minute: 30, second: 0 })),
-            (&[0x59, 0x59, 0x23], Ok(MeterTime { hour: 23, minute: 59, second: 59 })),
+            (
+                &[0x00, 0x30, 0x12],
+                Ok(MeterTime {
+                    hour: 12,
+                    minute: 30,
+                    second: 0,
+                }),
+            ),
+            (
+                &[0x59, 0x59, 0x23],
+                Ok(MeterTime {
+                    hour: 23,
+                    minute: 59,
+                    second: 59,
+                }),
+            ),
             (&[0x60, 0x00, 0x00], Err(DataError::OutOfRange)),
             (&[0x00, 0x00, 0x24], Err(DataError::OutOfRange)),
             (&[0x00, 0xF0, 0x00], Err(DataError::BadBcd)),
@@ -227,14 +327,29 @@ mod tests {
     fn broadcast_payload_is_seconds_first() {
         let t = MeterDateTime::new(2026, 5, 17, 12, 30, 0).unwrap();
         assert_eq!(t.to_broadcast_bytes(), [0x00, 0x30, 0x12, 0x17, 0x05, 0x26]);
-        assert_eq!(MeterDateTime::decode_broadcast(&t.to_broadcast_bytes()), Ok(t));
+        assert_eq!(
+            MeterDateTime::decode_broadcast(&t.to_broadcast_bytes()),
+            Ok(t)
+        );
         // The PyPI client's natural order (YY first) is month 30: refused.
-        assert_eq!(MeterDateTime::decode_broadcast(&[0x26, 0x05, 0x17, 0x12, 0x30, 0x00]), Err(DataError::OutOfRange));
+        assert_eq!(
+            MeterDateTime::decode_broadcast(&[0x26, 0x05, 0x17, 0x12, 0x30, 0x00]),
+            Err(DataError::OutOfRange)
+        );
         assert_eq!(t.date().map(|d| d.weekday), Some(0));
         let p = t.to_primitive().unwrap();
         assert_eq!(MeterDateTime::from_primitive(p), Ok(t));
-        assert_eq!(MeterDateTime::new(2100, 1, 1, 0, 0, 0), Err(DataError::OutOfRange));
-        assert_eq!(MeterDateTime::new(2000, 2, 29, 0, 0, 0).map(|t| t.day), Ok(29));
-        assert_eq!(MeterDateTime::new(2100 - 1, 2, 29, 0, 0, 0), Err(DataError::OutOfRange));
+        assert_eq!(
+            MeterDateTime::new(2100, 1, 1, 0, 0, 0),
+            Err(DataError::OutOfRange)
+        );
+        assert_eq!(
+            MeterDateTime::new(2000, 2, 29, 0, 0, 0).map(|t| t.day),
+            Ok(29)
+        );
+        assert_eq!(
+            MeterDateTime::new(2100 - 1, 2, 29, 0, 0, 0),
+            Err(DataError::OutOfRange)
+        );
     }
 }

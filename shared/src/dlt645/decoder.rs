@@ -10,7 +10,9 @@ use heapless::Vec;
 
 use super::address::Address;
 use super::control::Control;
-use super::frame::{checksum, Frame, FrameData, DATA_OFFSET, END, MAX_DATA_LEN, MAX_FRAME_LEN, OVERHEAD_LEN, START};
+use super::frame::{
+    checksum, Frame, FrameData, DATA_OFFSET, END, MAX_DATA_LEN, MAX_FRAME_LEN, OVERHEAD_LEN, START,
+};
 
 /// Why a candidate frame (bytes from a 68H) is not a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -52,7 +54,8 @@ pub enum DecodeError {
 
 /// What one candidate start yields.
 enum Candidate {
-    Frame(Frame, usize),
+    /// A valid frame of this many bytes from its 68H.
+    Valid(usize),
     Incomplete,
     Invalid(InvalidReason),
 }
@@ -69,13 +72,16 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
         return Err(DecodeError::Incomplete { skip: buf.len() });
     };
     match candidate(buf, start) {
-        Candidate::Frame(frame, end) => Ok((frame, end)),
-        Candidate::Invalid(reason) => Err(DecodeError::Invalid { reason, skip: start + 1 }),
+        Candidate::Valid(len) => Ok((build(buf, start, len), start + len)),
+        Candidate::Invalid(reason) => Err(DecodeError::Invalid {
+            reason,
+            skip: start + 1,
+        }),
         Candidate::Incomplete => {
             let mut from = start + 1;
             while let Some(next) = find_start(buf, from) {
-                if let Candidate::Frame(frame, end) = candidate(buf, next) {
-                    return Ok((frame, end));
+                if let Candidate::Valid(len) = candidate(buf, next) {
+                    return Ok((build(buf, next, len), next + len));
                 }
                 from = next + 1;
             }
@@ -120,6 +126,12 @@ fn candidate(buf: &[u8], start: usize) -> Candidate {
     if end != END {
         return Candidate::Invalid(InvalidReason::BadEnd);
     }
+    Candidate::Valid(total)
+}
+
+/// The frame of `len` bytes at `start`, already validated by [`candidate`].
+fn build(buf: &[u8], start: usize, len: usize) -> Frame {
+    let summed = buf.get(start..start + len.saturating_sub(2)).unwrap_or(&[]);
     let mut address = [0u8; 6];
     for (slot, b) in address.iter_mut().zip(summed.iter().skip(1)) {
         *slot = *b;
@@ -130,8 +142,11 @@ fn candidate(buf: &[u8], start: usize) -> Candidate {
         let _ = data.push(b.wrapping_sub(DATA_OFFSET));
     }
     let control = Control(summed.get(8).copied().unwrap_or(0));
-    let frame = Frame { address: Address::from_wire(address), control, data };
-    Candidate::Frame(frame, start + total)
+    Frame {
+        address: Address::from_wire(address),
+        control,
+        data,
+    }
 }
 
 /// A fixed-capacity reassembly buffer in front of [`decode`].
@@ -140,13 +155,16 @@ fn candidate(buf: &[u8], start: usize) -> Candidate {
 /// returns `None`. `N` must be at least [`MAX_FRAME_LEN`] (checked at compile
 /// time); then after draining, at most one partial frame (< 212 bytes) stays
 /// buffered, so every `feed` after a drain takes at least `N - 211` bytes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FrameReader<const N: usize = 512> {
     buf: Vec<u8, N>,
 }
 
 impl<const N: usize> FrameReader<N> {
-    const CAPACITY_OK: () = assert!(N >= MAX_FRAME_LEN, "FrameReader needs room for a whole frame");
+    const CAPACITY_OK: () = assert!(
+        N >= MAX_FRAME_LEN,
+        "FrameReader needs room for a whole frame"
+    );
 
     /// An empty reader.
     pub const fn new() -> Self {
@@ -185,7 +203,11 @@ impl<const N: usize> FrameReader<N> {
 
     /// Feeds all of `bytes`, calling `on_frame` for every frame or invalid
     /// candidate found on the way.
-    pub fn push(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Result<Frame, InvalidReason>)) {
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_frame: impl FnMut(Result<Frame, InvalidReason>),
+    ) {
         loop {
             let taken = self.feed(bytes);
             bytes = bytes.get(taken..).unwrap_or(&[]);
@@ -209,10 +231,17 @@ impl<const N: usize> FrameReader<N> {
     }
 
     fn discard(&mut self, n: usize) {
+        // Drop the first `n` bytes in place (the buffer is small and `n` usually all of it).
         let n = n.min(self.buf.len());
         let keep = self.buf.len() - n;
         self.buf.copy_within(n.., 0);
         self.buf.truncate(keep);
+    }
+}
+
+impl<const N: usize> Default for FrameReader<N> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -221,7 +250,9 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> std::vec::Vec<u8> {
-        s.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect()
     }
 
     const VOLTS: &str = "68 61 01 00 00 00 00 68 91 06 33 34 34 35 34 43 10 16";
@@ -243,21 +274,52 @@ mod tests {
         let full = hex(VOLTS);
         for cut in 0..full.len() {
             // The 68H at 0 may start a frame, so nothing can be dropped yet.
-            assert_eq!(decode(&full[..cut]), Err(DecodeError::Incomplete { skip: 0 }), "cut {cut}");
+            assert_eq!(
+                decode(&full[..cut]),
+                Err(DecodeError::Incomplete { skip: 0 }),
+                "cut {cut}"
+            );
         }
-        assert_eq!(decode(&hex("FE FE 01")), Err(DecodeError::Incomplete { skip: 3 }));
+        assert_eq!(
+            decode(&hex("FE FE 01")),
+            Err(DecodeError::Incomplete { skip: 3 })
+        );
         let mut bad_cs = full.clone();
         bad_cs[16] ^= 1;
-        assert_eq!(decode(&bad_cs), Err(DecodeError::Invalid { reason: InvalidReason::BadChecksum, skip: 1 }));
+        assert_eq!(
+            decode(&bad_cs),
+            Err(DecodeError::Invalid {
+                reason: InvalidReason::BadChecksum,
+                skip: 1
+            })
+        );
         let mut bad_end = full.clone();
         bad_end[17] = 0x17;
-        assert_eq!(decode(&bad_end), Err(DecodeError::Invalid { reason: InvalidReason::BadEnd, skip: 1 }));
+        assert_eq!(
+            decode(&bad_end),
+            Err(DecodeError::Invalid {
+                reason: InvalidReason::BadEnd,
+                skip: 1
+            })
+        );
         let mut no_second = full.clone();
         no_second[7] = 0x00;
-        assert_eq!(decode(&no_second[..8]), Err(DecodeError::Invalid { reason: InvalidReason::NoSecondStart, skip: 1 }));
+        assert_eq!(
+            decode(&no_second[..8]),
+            Err(DecodeError::Invalid {
+                reason: InvalidReason::NoSecondStart,
+                skip: 1
+            })
+        );
         let mut too_long = full.clone();
         too_long[9] = 201;
-        assert_eq!(decode(&too_long[..10]), Err(DecodeError::Invalid { reason: InvalidReason::LengthTooLong, skip: 1 }));
+        assert_eq!(
+            decode(&too_long[..10]),
+            Err(DecodeError::Invalid {
+                reason: InvalidReason::LengthTooLong,
+                skip: 1
+            })
+        );
     }
 
     #[test]
@@ -280,7 +342,14 @@ mod tests {
         let mut seen = std::vec::Vec::new();
         reader.push(&stream, |r| seen.push(r.map(|f| f.control)));
         // The bad frame's second 68H is tried too (scan resumes at the next byte).
-        assert_eq!(seen, vec![Err(InvalidReason::BadChecksum), Err(InvalidReason::NoSecondStart), Ok(Control(0x91))]);
+        assert_eq!(
+            seen,
+            vec![
+                Err(InvalidReason::BadChecksum),
+                Err(InvalidReason::NoSecondStart),
+                Ok(Control(0x91))
+            ]
+        );
         assert_eq!(reader.buffered(), 0);
     }
 

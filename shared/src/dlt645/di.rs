@@ -57,7 +57,9 @@ impl FromStr for Di {
         if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(DiParseError);
         }
-        u32::from_str_radix(s, 16).map(Self).map_err(|_| DiParseError)
+        u32::from_str_radix(s, 16)
+            .map(Self)
+            .map_err(|_| DiParseError)
     }
 }
 

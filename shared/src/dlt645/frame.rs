@@ -95,49 +95,104 @@ impl Frame {
     /// A frame with `data` in plain form (before +33H).
     pub fn new(address: Address, control: Control, data: &[u8]) -> Result<Self, EncodeError> {
         let data = Vec::from_slice(data).map_err(|()| EncodeError::DataTooLong)?;
-        Ok(Self { address, control, data })
+        Ok(Self {
+            address,
+            control,
+            data,
+        })
     }
 
     /// Read data 11H: DI, L=4.
     pub fn read_data(address: Address, di: Di) -> Self {
-        Self::with_parts(address, Control::request(Function::ReadData), &[&di.to_wire()])
+        Self::with_parts(
+            address,
+            Control::request(Function::ReadData),
+            &[&di.to_wire()],
+        )
     }
 
     /// Read follow-up 12H: DI + SEQ, L=5.
     pub fn read_follow_up(address: Address, di: Di, seq: u8) -> Self {
-        Self::with_parts(address, Control::request(Function::ReadFollowUp), &[&di.to_wire(), &[seq]])
+        Self::with_parts(
+            address,
+            Control::request(Function::ReadFollowUp),
+            &[&di.to_wire(), &[seq]],
+        )
     }
 
     /// Read communication address 13H: address AA×6, L=0.
     pub fn read_address() -> Self {
-        Self::with_parts(Address::WILDCARD, Control::request(Function::ReadAddress), &[])
+        Self::with_parts(
+            Address::WILDCARD,
+            Control::request(Function::ReadAddress),
+            &[],
+        )
     }
 
     /// Broadcast time 08H: address 99×6, L=6, data `ss mm hh DD MM YY` (BCD). No reply.
     pub fn broadcast_time(at: &MeterDateTime) -> Self {
-        Self::with_parts(Address::BROADCAST, Control::request(Function::BroadcastTime), &[&at.to_broadcast_bytes()])
+        Self::with_parts(
+            Address::BROADCAST,
+            Control::request(Function::BroadcastTime),
+            &[&at.to_broadcast_bytes()],
+        )
     }
 
     /// Read-data reply: 91H (or B1H when `follow_up`), data = DI + `value`.
-    pub fn data_reply(address: Address, di: Di, value: &[u8], follow_up: bool) -> Result<Self, EncodeError> {
-        let kind = if follow_up { ReplyKind::FollowUp } else { ReplyKind::Normal };
-        Self::checked_parts(address, Control::reply(Function::ReadData, kind), &[&di.to_wire(), value])
+    pub fn data_reply(
+        address: Address,
+        di: Di,
+        value: &[u8],
+        follow_up: bool,
+    ) -> Result<Self, EncodeError> {
+        let kind = if follow_up {
+            ReplyKind::FollowUp
+        } else {
+            ReplyKind::Normal
+        };
+        Self::checked_parts(
+            address,
+            Control::reply(Function::ReadData, kind),
+            &[&di.to_wire(), value],
+        )
     }
 
     /// Read-follow-up reply: 92H (or B2H when `more` follow), data = DI + `value` + SEQ.
-    pub fn follow_up_reply(address: Address, di: Di, value: &[u8], seq: u8, more: bool) -> Result<Self, EncodeError> {
-        let kind = if more { ReplyKind::FollowUp } else { ReplyKind::Normal };
-        Self::checked_parts(address, Control::reply(Function::ReadFollowUp, kind), &[&di.to_wire(), value, &[seq]])
+    pub fn follow_up_reply(
+        address: Address,
+        di: Di,
+        value: &[u8],
+        seq: u8,
+        more: bool,
+    ) -> Result<Self, EncodeError> {
+        let kind = if more {
+            ReplyKind::FollowUp
+        } else {
+            ReplyKind::Normal
+        };
+        Self::checked_parts(
+            address,
+            Control::reply(Function::ReadFollowUp, kind),
+            &[&di.to_wire(), value, &[seq]],
+        )
     }
 
     /// Abnormal reply to `function` (D1H for read data): data = the ERR byte, L=1.
     pub fn abnormal_reply(address: Address, function: Function, err: ErrorBits) -> Self {
-        Self::with_parts(address, Control::reply(function, ReplyKind::Abnormal), &[&[err.bits()]])
+        Self::with_parts(
+            address,
+            Control::reply(function, ReplyKind::Abnormal),
+            &[&[err.bits()]],
+        )
     }
 
     /// Read-address reply 93H: the real address in the header and in the data (L=6).
     pub fn address_reply(address: Address) -> Self {
-        Self::with_parts(address, Control::reply(Function::ReadAddress, ReplyKind::Normal), &[&address.to_wire()])
+        Self::with_parts(
+            address,
+            Control::reply(Function::ReadAddress, ReplyKind::Normal),
+            &[&address.to_wire()],
+        )
     }
 
     /// The length of this frame on the wire with `preamble`.
@@ -156,7 +211,9 @@ impl Frame {
     /// Encodes into `out`, returning the number of bytes written.
     pub fn encode_into(&self, preamble: Preamble, out: &mut [u8]) -> Result<usize, EncodeError> {
         let needed = self.encoded_len(preamble);
-        let out = out.get_mut(..needed).ok_or(EncodeError::BufferTooSmall { needed })?;
+        let out = out
+            .get_mut(..needed)
+            .ok_or(EncodeError::BufferTooSmall { needed })?;
         let pre = usize::from(preamble.count());
         let (fe, body) = out.split_at_mut(pre);
         fe.fill(WAKE);
@@ -188,15 +245,46 @@ impl Frame {
 
     fn with_parts(address: Address, control: Control, parts: &[&[u8]]) -> Self {
         // Callers pass at most 6 bytes, far below MAX_DATA_LEN.
-        Self::checked_parts(address, control, parts).unwrap_or(Self { address, control, data: Vec::new() })
+        Self::checked_parts(address, control, parts).unwrap_or(Self {
+            address,
+            control,
+            data: Vec::new(),
+        })
     }
 
-    fn checked_parts(address: Address, control: Control, parts: &[&[u8]]) -> Result<Self, EncodeError> {
+    fn checked_parts(
+        address: Address,
+        control: Control,
+        parts: &[&[u8]],
+    ) -> Result<Self, EncodeError> {
         let mut data = FrameData::new();
         for part in parts {
-            data.extend_from_slice(part).map_err(|()| EncodeError::DataTooLong)?;
+            data.extend_from_slice(part)
+                .map_err(|()| EncodeError::DataTooLong)?;
         }
-        Ok(Self { address, control, data })
+        Ok(Self {
+            address,
+            control,
+            data,
+        })
+    }
+}
+
+impl core::fmt::Display for Frame {
+    /// `123456789012 C=91 L=8 [00 00 01 00 78 56 34 12]` (data after -33H), for logs.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} C={:02X} L={} [",
+            self.address,
+            self.control.0,
+            self.data.len()
+        )?;
+        for (i, b) in self.data.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{b:02X}")?;
+        }
+        f.write_str("]")
     }
 }
 
@@ -251,7 +339,9 @@ mod tests {
     use crate::dlt645::di;
 
     fn hex(s: &str) -> std::vec::Vec<u8> {
-        s.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -265,7 +355,10 @@ mod tests {
             read_data(a, di::CURRENT_A, Preamble::FOUR).as_slice(),
             hex("FE FE FE FE 68 61 01 00 00 00 00 68 11 04 33 34 35 35 18 16")
         );
-        assert_eq!(read_address(Preamble::default()).as_slice(), hex("FE FE FE FE 68 AA AA AA AA AA AA 68 13 00 DF 16"));
+        assert_eq!(
+            read_address(Preamble::default()).as_slice(),
+            hex("FE FE FE FE 68 AA AA AA AA AA AA 68 13 00 DF 16")
+        );
         let b: Address = "123456781012".parse().unwrap();
         assert_eq!(
             read_follow_up(b, di::FORWARD_ACTIVE_TOTAL, 1, Preamble::FOUR).as_slice(),
@@ -281,22 +374,50 @@ mod tests {
     #[test]
     fn builds_the_golden_replies() {
         let a: Address = "123456789012".parse().unwrap();
-        let f = Frame::data_reply(a, di::FORWARD_ACTIVE_TOTAL, &[0x78, 0x56, 0x34, 0x12], false).unwrap();
-        assert_eq!(f.encode(Preamble::NONE).as_slice(), hex("68 12 90 78 56 34 12 68 91 08 33 33 34 33 AB 89 67 45 CC 16"));
+        let f = Frame::data_reply(
+            a,
+            di::FORWARD_ACTIVE_TOTAL,
+            &[0x78, 0x56, 0x34, 0x12],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            f.encode(Preamble::NONE).as_slice(),
+            hex("68 12 90 78 56 34 12 68 91 08 33 33 34 33 AB 89 67 45 CC 16")
+        );
         let e = Frame::abnormal_reply(a, Function::ReadData, ErrorBits::NO_DATA);
-        assert_eq!(e.encode(Preamble::NONE).as_slice(), hex("68 12 90 78 56 34 12 68 D1 01 35 8D 16"));
+        assert_eq!(
+            e.encode(Preamble::NONE).as_slice(),
+            hex("68 12 90 78 56 34 12 68 D1 01 35 8D 16")
+        );
         let r = Frame::address_reply("000000000001".parse().unwrap());
-        assert_eq!(r.encode(Preamble::NONE).as_slice(), hex("68 01 00 00 00 00 00 68 93 06 34 33 33 33 33 33 9D 16"));
-        assert_eq!(f.value_for(di::FORWARD_ACTIVE_TOTAL), Some(&[0x78, 0x56, 0x34, 0x12][..]));
+        assert_eq!(
+            r.encode(Preamble::NONE).as_slice(),
+            hex("68 01 00 00 00 00 00 68 93 06 34 33 33 33 33 33 9D 16")
+        );
+        assert_eq!(
+            f.value_for(di::FORWARD_ACTIVE_TOTAL),
+            Some(&[0x78, 0x56, 0x34, 0x12][..])
+        );
         assert_eq!(f.value_for(di::FORWARD_ACTIVE_T4), None);
+        assert_eq!(
+            f.to_string(),
+            "123456789012 C=91 L=8 [00 00 01 00 78 56 34 12]"
+        );
     }
 
     #[test]
     fn limits_are_enforced() {
         let a = Address::WILDCARD;
         assert!(Frame::data_reply(a, di::FORWARD_ACTIVE_BLOCK, &[0; 196], false).is_ok());
-        assert_eq!(Frame::data_reply(a, di::FORWARD_ACTIVE_BLOCK, &[0; 197], false), Err(EncodeError::DataTooLong));
-        assert_eq!(Frame::new(a, Control(0x91), &[0; 201]), Err(EncodeError::DataTooLong));
+        assert_eq!(
+            Frame::data_reply(a, di::FORWARD_ACTIVE_BLOCK, &[0; 197], false),
+            Err(EncodeError::DataTooLong)
+        );
+        assert_eq!(
+            Frame::new(a, Control(0x91), &[0; 201]),
+            Err(EncodeError::DataTooLong)
+        );
         let big = Frame::new(a, Control(0x91), &[0; 200]).unwrap();
         assert_eq!(big.encode(Preamble::FOUR).len(), MAX_FRAME_LEN);
         let mut small = [0u8; 15];

@@ -83,10 +83,16 @@ fn check_header(frame: &Frame, function: Function, expected: &Address) -> Result
     }
     let got = frame.control.function();
     if got != function {
-        return Err(ReplyError::WrongFunction { expected: function, got });
+        return Err(ReplyError::WrongFunction {
+            expected: function,
+            got,
+        });
     }
     if !expected.matches(&frame.address) {
-        return Err(ReplyError::WrongAddress { expected: *expected, got: frame.address });
+        return Err(ReplyError::WrongAddress {
+            expected: *expected,
+            got: frame.address,
+        });
     }
     if frame.control.is_abnormal() {
         let err = frame.data.first().ok_or(ReplyError::MissingErrorWord)?;
@@ -107,7 +113,11 @@ pub fn reply_value(frame: &Frame, di: Di) -> Result<&[u8], ReplyError> {
 /// Checks a reply to read data 11H sent to `expected_addr` (wildcards allowed) for
 /// `expected_di`: direction, function, address, abnormal bit (→ [`ReplyError::Abnormal`]
 /// with the named ERR bits), DI echo.
-pub fn parse_reply<'a>(frame: &'a Frame, expected_addr: &Address, expected_di: Di) -> Result<Reply<'a>, ReplyError> {
+pub fn parse_reply<'a>(
+    frame: &'a Frame,
+    expected_addr: &Address,
+    expected_di: Di,
+) -> Result<Reply<'a>, ReplyError> {
     check_header(frame, Function::ReadData, expected_addr)?;
     let value = reply_value(frame, expected_di)?;
     Ok(Reply {
@@ -131,7 +141,10 @@ pub fn parse_follow_up_reply<'a>(
     let rest = reply_value(frame, expected_di)?;
     let (&seq, value) = rest.split_last().ok_or(ReplyError::TooShort)?;
     if seq != expected_seq {
-        return Err(ReplyError::WrongSeq { expected: expected_seq, got: seq });
+        return Err(ReplyError::WrongSeq {
+            expected: expected_seq,
+            got: seq,
+        });
     }
     Ok(Reply {
         address: frame.address,
@@ -220,14 +233,24 @@ pub fn parse_request(frame: &Frame) -> Result<Request, RequestError> {
     let address = frame.address;
     let function = frame.control.function();
     let data = frame.data.as_slice();
-    let bad_length = || RequestError::BadLength { function, len: data.len() };
+    let bad_length = || RequestError::BadLength {
+        function,
+        len: data.len(),
+    };
     match function {
         Function::ReadData => match data {
-            [a, b, c, d] => Ok(Request::ReadData { address, di: Di::from_wire([*a, *b, *c, *d]) }),
+            [a, b, c, d] => Ok(Request::ReadData {
+                address,
+                di: Di::from_wire([*a, *b, *c, *d]),
+            }),
             _ => Err(bad_length()),
         },
         Function::ReadFollowUp => match data {
-            [a, b, c, d, seq] => Ok(Request::ReadFollowUp { address, di: Di::from_wire([*a, *b, *c, *d]), seq: *seq }),
+            [a, b, c, d, seq] => Ok(Request::ReadFollowUp {
+                address,
+                di: Di::from_wire([*a, *b, *c, *d]),
+                seq: *seq,
+            }),
             _ => Err(bad_length()),
         },
         Function::ReadAddress if data.is_empty() => Ok(Request::ReadAddress { address }),
@@ -254,45 +277,88 @@ mod tests {
     #[test]
     fn reply_checks_in_order() {
         let meter = addr("123456789012");
-        let ok = Frame::data_reply(meter, di::FORWARD_ACTIVE_TOTAL, &[0x78, 0x56, 0x34, 0x12], false).unwrap();
+        let ok = Frame::data_reply(
+            meter,
+            di::FORWARD_ACTIVE_TOTAL,
+            &[0x78, 0x56, 0x34, 0x12],
+            false,
+        )
+        .unwrap();
         let r = parse_reply(&ok, &meter, di::FORWARD_ACTIVE_TOTAL).unwrap();
-        assert_eq!((r.address, r.value, r.follow_up, r.seq), (meter, &[0x78, 0x56, 0x34, 0x12][..], false, None));
-        assert_eq!(parse_reply(&ok, &addr("AAAAAAAA9012"), di::FORWARD_ACTIVE_TOTAL).map(|r| r.address), Ok(meter));
+        assert_eq!(
+            (r.address, r.value, r.follow_up, r.seq),
+            (meter, &[0x78, 0x56, 0x34, 0x12][..], false, None)
+        );
+        assert_eq!(
+            parse_reply(&ok, &addr("AAAAAAAA9012"), di::FORWARD_ACTIVE_TOTAL).map(|r| r.address),
+            Ok(meter)
+        );
         assert_eq!(
             parse_reply(&ok, &addr("123456789013"), di::FORWARD_ACTIVE_TOTAL),
-            Err(ReplyError::WrongAddress { expected: addr("123456789013"), got: meter })
+            Err(ReplyError::WrongAddress {
+                expected: addr("123456789013"),
+                got: meter
+            })
         );
         assert_eq!(
             parse_reply(&ok, &meter, di::FORWARD_ACTIVE_T4),
-            Err(ReplyError::WrongDi { expected: di::FORWARD_ACTIVE_T4, got: di::FORWARD_ACTIVE_TOTAL })
+            Err(ReplyError::WrongDi {
+                expected: di::FORWARD_ACTIVE_T4,
+                got: di::FORWARD_ACTIVE_TOTAL
+            })
         );
         let request = Frame::read_data(meter, di::FORWARD_ACTIVE_TOTAL);
-        assert_eq!(parse_reply(&request, &meter, di::FORWARD_ACTIVE_TOTAL), Err(ReplyError::NotAReply));
+        assert_eq!(
+            parse_reply(&request, &meter, di::FORWARD_ACTIVE_TOTAL),
+            Err(ReplyError::NotAReply)
+        );
         let refused = Frame::abnormal_reply(meter, Function::ReadData, ErrorBits::NO_DATA);
-        assert_eq!(parse_reply(&refused, &meter, di::FORWARD_ACTIVE_TOTAL), Err(ReplyError::Abnormal(ErrorBits::NO_DATA)));
+        assert_eq!(
+            parse_reply(&refused, &meter, di::FORWARD_ACTIVE_TOTAL),
+            Err(ReplyError::Abnormal(ErrorBits::NO_DATA))
+        );
         let empty_err = Frame::new(meter, Control(0xD1), &[]).unwrap();
-        assert_eq!(parse_reply(&empty_err, &meter, di::FORWARD_ACTIVE_TOTAL), Err(ReplyError::MissingErrorWord));
+        assert_eq!(
+            parse_reply(&empty_err, &meter, di::FORWARD_ACTIVE_TOTAL),
+            Err(ReplyError::MissingErrorWord)
+        );
         let old = Frame::new(meter, Control(0x81), &[0x10, 0x90, 0, 0]).unwrap();
         assert_eq!(
             parse_reply(&old, &meter, di::FORWARD_ACTIVE_TOTAL),
-            Err(ReplyError::WrongFunction { expected: Function::ReadData, got: Function::Other(1) })
+            Err(ReplyError::WrongFunction {
+                expected: Function::ReadData,
+                got: Function::Other(1)
+            })
         );
         let short = Frame::new(meter, Control(0x91), &[0, 0, 1]).unwrap();
-        assert_eq!(parse_reply(&short, &meter, di::FORWARD_ACTIVE_TOTAL), Err(ReplyError::TooShort));
+        assert_eq!(
+            parse_reply(&short, &meter, di::FORWARD_ACTIVE_TOTAL),
+            Err(ReplyError::TooShort)
+        );
         let more = Frame::data_reply(meter, di::FORWARD_ACTIVE_BLOCK, &[1; 8], true).unwrap();
-        assert!(parse_reply(&more, &meter, di::FORWARD_ACTIVE_BLOCK).unwrap().follow_up);
+        assert!(
+            parse_reply(&more, &meter, di::FORWARD_ACTIVE_BLOCK)
+                .unwrap()
+                .follow_up
+        );
     }
 
     #[test]
     fn follow_up_and_address_replies() {
         let meter = addr("123456781012");
         let f = Frame::follow_up_reply(meter, di::FORWARD_ACTIVE_BLOCK, &[1, 2], 3, false).unwrap();
-        assert_eq!(f.control, Control::reply(Function::ReadFollowUp, ReplyKind::Normal));
+        assert_eq!(
+            f.control,
+            Control::reply(Function::ReadFollowUp, ReplyKind::Normal)
+        );
         let r = parse_follow_up_reply(&f, &meter, di::FORWARD_ACTIVE_BLOCK, 3).unwrap();
         assert_eq!((r.value, r.seq), (&[1u8, 2][..], Some(3)));
         assert_eq!(
             parse_follow_up_reply(&f, &meter, di::FORWARD_ACTIVE_BLOCK, 2),
-            Err(ReplyError::WrongSeq { expected: 2, got: 3 })
+            Err(ReplyError::WrongSeq {
+                expected: 2,
+                got: 3
+            })
         );
         assert_eq!(parse_address_reply(&Frame::address_reply(meter)), Ok(meter));
         let mut lying = Frame::address_reply(meter);
@@ -305,24 +371,60 @@ mod tests {
         let meter = addr("161");
         assert_eq!(
             parse_request(&Frame::read_data(meter, di::VOLTAGE_A)),
-            Ok(Request::ReadData { address: meter, di: di::VOLTAGE_A })
+            Ok(Request::ReadData {
+                address: meter,
+                di: di::VOLTAGE_A
+            })
         );
         assert_eq!(
             parse_request(&Frame::read_follow_up(meter, di::VOLTAGE_A, 1)),
-            Ok(Request::ReadFollowUp { address: meter, di: di::VOLTAGE_A, seq: 1 })
+            Ok(Request::ReadFollowUp {
+                address: meter,
+                di: di::VOLTAGE_A,
+                seq: 1
+            })
         );
-        assert_eq!(parse_request(&Frame::read_address()), Ok(Request::ReadAddress { address: Address::WILDCARD }));
+        assert_eq!(
+            parse_request(&Frame::read_address()),
+            Ok(Request::ReadAddress {
+                address: Address::WILDCARD
+            })
+        );
         let t = MeterDateTime::new(2026, 5, 17, 12, 30, 0).unwrap();
         assert_eq!(
             parse_request(&Frame::broadcast_time(&t)),
-            Ok(Request::BroadcastTime { address: Address::BROADCAST, at: t })
+            Ok(Request::BroadcastTime {
+                address: Address::BROADCAST,
+                at: t
+            })
         );
         let bare = Frame::new(Address::BROADCAST, Control(0x08), &[]).unwrap();
-        assert_eq!(parse_request(&bare), Err(RequestError::BadLength { function: Function::BroadcastTime, len: 0 }));
+        assert_eq!(
+            parse_request(&bare),
+            Err(RequestError::BadLength {
+                function: Function::BroadcastTime,
+                len: 0
+            })
+        );
         let wrong = Frame::new(meter, Control(0x11), &[0, 0, 1]).unwrap();
-        assert_eq!(parse_request(&wrong), Err(RequestError::BadLength { function: Function::ReadData, len: 3 }));
-        assert_eq!(parse_request(&Frame::address_reply(meter)), Err(RequestError::NotARequest));
+        assert_eq!(
+            parse_request(&wrong),
+            Err(RequestError::BadLength {
+                function: Function::ReadData,
+                len: 3
+            })
+        );
+        assert_eq!(
+            parse_request(&Frame::address_reply(meter)),
+            Err(RequestError::NotARequest)
+        );
         let write = Frame::new(meter, Control(0x14), &[0; 12]).unwrap();
-        assert_eq!(parse_request(&write), Ok(Request::Other { address: meter, function: Function::WriteData }));
+        assert_eq!(
+            parse_request(&write),
+            Ok(Request::Other {
+                address: meter,
+                function: Function::WriteData
+            })
+        );
     }
 }

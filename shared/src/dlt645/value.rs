@@ -7,9 +7,9 @@ use crate::units::Wh;
 
 use super::address::Address;
 use super::data::{
-    address_bytes, address_value, current_bytes, current_ma, energy_bytes, energy_wh, frequency_bytes,
-    frequency_chz, power_dw, power_dw_bytes, signed_energy_bytes, signed_energy_wh, voltage_bytes, voltage_dv,
-    DataError,
+    address_bytes, address_value, current_bytes, current_ma, energy_bytes, energy_wh,
+    frequency_bytes, frequency_chz, power_dw, power_dw_bytes, signed_energy_bytes,
+    signed_energy_wh, voltage_bytes, voltage_dv, DataError,
 };
 use super::datetime::{MeterDate, MeterTime};
 use super::di::Di;
@@ -172,17 +172,41 @@ mod tests {
             (Format::Voltage, Value::VoltageDv(2394)),
             (Format::Current, Value::CurrentMa(-1234)),
             (Format::Frequency, Value::FrequencyChz(5003)),
-            (Format::Date, Value::Date(MeterDate { year: 2026, month: 5, day: 17, weekday: 0 })),
-            (Format::Time, Value::Time(MeterTime { hour: 12, minute: 30, second: 0 })),
-            (Format::Address, Value::Address("123456781012".parse().unwrap())),
+            (
+                Format::Date,
+                Value::Date(MeterDate {
+                    year: 2026,
+                    month: 5,
+                    day: 17,
+                    weekday: 0,
+                }),
+            ),
+            (
+                Format::Time,
+                Value::Time(MeterTime {
+                    hour: 12,
+                    minute: 30,
+                    second: 0,
+                }),
+            ),
+            (
+                Format::Address,
+                Value::Address("123456781012".parse().unwrap()),
+            ),
         ];
         for (format, value) in table {
             let bytes = value.encode(format).unwrap();
             assert_eq!(bytes.len(), format.value_len());
             assert_eq!(Value::decode(format, &bytes), Ok(value));
         }
-        assert_eq!(Value::VoltageDv(1).encode(Format::Energy), Err(DataError::OutOfRange));
-        assert_eq!(decode_value(di::VOLTAGE_A, &[0x01, 0x10]), Some(Ok(Value::VoltageDv(1001))));
+        assert_eq!(
+            Value::VoltageDv(1).encode(Format::Energy),
+            Err(DataError::OutOfRange)
+        );
+        assert_eq!(
+            decode_value(di::VOLTAGE_A, &[0x01, 0x10]),
+            Some(Ok(Value::VoltageDv(1001)))
+        );
         assert_eq!(decode_value(di::VOLTAGE_BLOCK, &[0x01, 0x10]), None);
     }
 }

@@ -1,1 +1,0 @@
-//! Modbus register maps (being written).
