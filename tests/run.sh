@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh machine: installs the real
-# parts the tests start (Mosquitto, socat) when missing, then fmt, clippy and tests.
+# parts the tests start (Mosquitto, socat, Chromium) when missing, then fmt, clippy and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,11 @@ missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The dashboard's browser tests drive Debian's Chromium (fonts only for readable screenshots).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -d /usr/share/fonts/truetype/wqy ] || missing+=(fonts-wqy-zenhei)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   sudo_=""

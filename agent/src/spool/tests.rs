@@ -3,7 +3,11 @@
 use super::*;
 
 fn batch(i: u32) -> Vec<u8> {
-    format!("{{\"v\":1,\"seq\":{i},\"pad\":\"{}\"}}", "x".repeat((i % 7) as usize)).into_bytes()
+    format!(
+        "{{\"v\":1,\"seq\":{i},\"pad\":\"{}\"}}",
+        "x".repeat((i % 7) as usize)
+    )
+    .into_bytes()
 }
 
 fn drain(s: &mut Spool) -> Vec<Record> {
@@ -42,7 +46,10 @@ fn replays_in_order_and_acks_remove() {
     // Connection lost: everything unacknowledged comes again, in order.
     s.rewind();
     let again = drain(&mut s);
-    assert_eq!(again.iter().map(|r| r.data.clone()).collect::<Vec<_>>(), data[2..].to_vec());
+    assert_eq!(
+        again.iter().map(|r| r.data.clone()).collect::<Vec<_>>(),
+        data[2..].to_vec()
+    );
     for r in &again {
         s.ack(r.id).unwrap();
     }
@@ -202,7 +209,7 @@ fn full_spool_drops_oldest_and_counts() {
     assert_eq!(s.dropped(), 200 - kept);
     // What is left is the newest, contiguous, in order.
     let got: Vec<_> = drain(&mut s).into_iter().map(|r| r.data).collect();
-    assert_eq!(got, data[(200 - kept as usize)..].to_vec());
+    assert_eq!(got, data[(200 - us(kept))..].to_vec());
     // The count survives a restart.
     drop(s);
     let (s, _) = Spool::open(dir.path(), max).unwrap();
@@ -232,5 +239,8 @@ fn eviction_of_in_flight_records_is_safe() {
 fn too_large_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = Spool::open(dir.path(), 2048).unwrap();
-    assert!(matches!(s.append_batch(&[&vec![b'x'; 4096]]), Err(SpoolError::TooLarge(4096))));
+    assert!(matches!(
+        s.append_batch(&[&vec![b'x'; 4096]]),
+        Err(SpoolError::TooLarge(4096))
+    ));
 }

@@ -39,14 +39,30 @@ fn example_parses_with_defaults() {
     assert_eq!(c.spool.max_bytes, 1 << 20);
     assert_eq!(c.buses.len(), 2);
     let dl = &c.buses[0];
-    assert_eq!((dl.kind, dl.baud, dl.parity, dl.data_bits, dl.stop_bits), (BusKind::Dlt645Tcp, 2400, Parity::Even, 8, 1));
+    assert_eq!(
+        (dl.kind, dl.baud, dl.parity, dl.data_bits, dl.stop_bits),
+        (BusKind::Dlt645Tcp, 2400, Parity::Even, 8, 1)
+    );
     assert_eq!(dl.meters[1].id.as_str(), "123456781013");
     let mb = &c.buses[1];
     assert_eq!((mb.baud, mb.parity), (9600, Parity::None));
-    let ids: Vec<_> = mb.meters.iter().map(|m| (m.id.as_str(), m.unit, m.model.as_str())).collect();
-    assert_eq!(ids, vec![("sdm120-1", 1, "sdm120"), ("pump-2", 2, "ddsu666"), ("sdm-kitchen", 3, "sdm630")]);
+    let ids: Vec<_> = mb
+        .meters
+        .iter()
+        .map(|m| (m.id.as_str(), m.unit, m.model.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("sdm120-1", 1, "sdm120"),
+            ("pump-2", 2, "ddsu666"),
+            ("sdm-kitchen", 3, "sdm630")
+        ]
+    );
     assert_eq!(c.meter_count(), 5);
-    assert!(c.summary().contains("bus[1] modbus-rtu /dev/ttyUSB1 9600 8N1: 3 meters"));
+    assert!(c
+        .summary()
+        .contains("bus[1] modbus-rtu /dev/ttyUSB1 9600 8N1: 3 meters"));
 }
 
 fn err(text: &str) -> ConfigError {
@@ -64,32 +80,55 @@ fn unknown_key_names_key_and_line() {
 #[test]
 fn bad_value_names_key_and_line() {
     let e = err(&EXAMPLE.replace("interval_s = 60", "interval_s = \"often\""));
-    assert_eq!((e.line, e.key.as_deref()), (Some(9), Some("schedule.interval_s")), "{e}");
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(9), Some("schedule.interval_s")),
+        "{e}"
+    );
     let e = err(&EXAMPLE.replace("gw-0001\"\n\n", "GW 1\"\n\n"));
-    assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("gateway_id")), "{e}");
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(2), Some("gateway_id")),
+        "{e}"
+    );
 }
 
 #[test]
 fn bus_errors_point_into_the_bus_table() {
     let e = err(&EXAMPLE.replace("address = \"127.0.0.1:8021\"\n", ""));
     assert!(e.message.contains("needs `address"), "{e}");
-    assert_eq!(e.key.as_deref().map(|k| k.starts_with("bus[0]")), Some(true), "{e}");
+    assert_eq!(
+        e.key.as_deref().map(|k| k.starts_with("bus[0]")),
+        Some(true),
+        "{e}"
+    );
     let e = err(&EXAMPLE.replace("\"123456781013\"", "\"12345\""));
     assert!(e.message.contains("12 digits"), "{e}");
     let e = err(&EXAMPLE.replace("1:sdm120", "1:sdm999"));
     assert!(e.message.contains("sdm999"), "{e}");
-    assert!(e.key.as_deref().is_some_and(|k| k.starts_with("bus[1]")), "{e}");
+    assert!(
+        e.key.as_deref().is_some_and(|k| k.starts_with("bus[1]")),
+        "{e}"
+    );
 }
 
 #[test]
 fn semantic_errors_name_key_and_line() {
     let e = err(&EXAMPLE.replace("mqtt://127.0.0.1:1883", "http://x"));
-    assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("mqtt.url")), "{e}");
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(5), Some("mqtt.url")),
+        "{e}"
+    );
     let e = err(&EXAMPLE.replace("\"123456781013\"", "\"123456781012\""));
     assert_eq!(e.key.as_deref(), Some("bus[0].meters"), "{e}");
     assert!(e.message.contains("twice"));
     let e = err(&EXAMPLE.replace("max_bytes = 1048576", "max_bytes = 100"));
-    assert_eq!((e.line, e.key.as_deref()), (Some(13), Some("spool.max_bytes")), "{e}");
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(13), Some("spool.max_bytes")),
+        "{e}"
+    );
 }
 
 #[test]
