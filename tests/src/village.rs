@@ -28,7 +28,7 @@ use qingnuan_shared::policy::Policy;
 use qingnuan_shared::wire::ReadingsBatch;
 use qingnuan_shared::UnixTime;
 
-use crate::agent_proc::{dlt645_tcp_bus, AgentConfig, AgentProcess, Collector};
+use crate::agent_proc::{AgentConfig, AgentProcess, Collector};
 use crate::broker::{free_port, Broker};
 use crate::fleet::{Fleet, FleetSpec};
 use meters::{MeterBoard, MeterLine, MeterModel};
@@ -102,17 +102,29 @@ impl Village {
         let cal = Calendar::new(Policy::beijing_2018());
         let epoch = cal.local_midnight(cal.local_date(spec.start));
         let fleet = Arc::new(Fleet::new(
-            &FleetSpec { seed: spec.seed, households: spec.households, gateways: spec.gateways, epoch, days: spec.days },
+            &FleetSpec {
+                seed: spec.seed,
+                households: spec.households,
+                gateways: spec.gateways,
+                epoch,
+                days: spec.days,
+            },
             cal,
         ));
-        let model = Arc::new(MeterModel { fleet: fleet.clone(), quiet_s: spec.quiet_s });
+        let model = Arc::new(MeterModel {
+            fleet: fleet.clone(),
+            quiet_s: spec.quiet_s,
+        });
         let board = Arc::new(MeterBoard::default());
         let dir = tempfile::tempdir()?;
         let broker = Broker::start()?;
         let capture = Collector::start_persistent(&broker.url(), "qn/v1/gw/+/readings").await?;
         let csv = dir.path().join("registry.csv");
         std::fs::write(&csv, fleet.registry_csv(&spec.registry_from))?;
-        let clock = Arc::new(ScaledClock::new(spec.start.saturating_mul(1000), spec.speed));
+        let clock = Arc::new(ScaledClock::new(
+            spec.start.saturating_mul(1000),
+            spec.speed,
+        ));
         let shared: SharedClock = clock.clone();
         let mut server = ServerProcess::configure(dir.path(), &broker.url(), free_port()?)?;
         server.import_registry(&csv, &spec_of(&clock))?;
@@ -138,18 +150,22 @@ impl Village {
             dir,
         };
         for (i, gw) in gateways.iter().enumerate() {
-            let line =
-                meters::serve_line(v.model.clone(), v.board.clone(), shared.clone(), v.skews.clone(), i, gw).await?;
+            let line = meters::serve_line(
+                v.model.clone(),
+                v.board.clone(),
+                shared.clone(),
+                v.skews.clone(),
+                i,
+                gw,
+            )
+            .await?;
             let up = Uplink::start(v.broker.port()).await?;
             let gdir = v.dir.path().join(gw);
             std::fs::create_dir_all(&gdir)?;
             let refs: Vec<&str> = line.meters.iter().map(String::as_str).collect();
             let bus: String = refs
                 .chunks(spec.meters_per_bus.max(1))
-                .map(|c| {
-                    dlt645_tcp_bus(&format!("127.0.0.1:{}", line.port), c)
-                        .replace("timeout_ms = 500", &format!("timeout_ms = {}", spec.timeout_ms))
-                })
+                .map(|c| bus_table(line.port, c, spec.timeout_ms))
                 .collect::<Vec<_>>()
                 .join("\n");
             let mut cfg = AgentConfig::new(gw, &up.url(), &gdir.join("spool"), &bus);
@@ -199,7 +215,10 @@ impl Village {
 
     /// Starts (or restarts) the agent of gateway `i` on its spool.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        let cfg = self.agent_configs.get(i).ok_or_else(|| anyhow::anyhow!("no gateway {i}"))?;
+        let cfg = self
+            .agent_configs
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no gateway {i}"))?;
         self.skews.reset(i);
         let p = AgentProcess::start(cfg, Some(&self.clock_spec()))?;
         if let Some(slot) = self.agents.get_mut(i) {
@@ -217,7 +236,13 @@ impl Village {
 
     /// SIGTERM of every agent (they flush their spools while the uplinks are up).
     pub fn stop_agents(&mut self) {
-        for a in self.agents.iter_mut().filter_map(Option::take).collect::<Vec<_>>().iter_mut() {
+        for a in self
+            .agents
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect::<Vec<_>>()
+            .iter_mut()
+        {
             a.terminate();
         }
     }
@@ -291,4 +316,14 @@ impl Drop for Village {
     fn drop(&mut self) {
         self.skew_task.abort();
     }
+}
+
+/// A `[[bus]]` table: DL/T 645 over TCP to the line on `port`, one retry, no pause.
+fn bus_table(port: u16, meters: &[&str], timeout_ms: u64) -> String {
+    let list: Vec<String> = meters.iter().map(|m| format!("\"{m}\"")).collect();
+    format!(
+        "[[bus]]\nkind = \"dlt645-tcp\"\naddress = \"127.0.0.1:{port}\"\ntimeout_ms = {timeout_ms}\n\
+         gap_ms = 200\npause_ms = 0\nretries = 1\nmeters = [{}]\n",
+        list.join(", ")
+    )
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use qingnuan_shared::calendar::Night;
 use qingnuan_shared::clock::SharedClock;
@@ -12,8 +12,8 @@ use qingnuan_shared::dlt645::{di, parse_request, Address, FrameReader, Request};
 use qingnuan_shared::UnixTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::dlt645_sim::{Dlt645Sim, SimMeter};
 use super::skew::Skews;
+use crate::dlt645_sim::{Dlt645Sim, SimMeter};
 use crate::fleet::{Fleet, SimHousehold};
 
 /// What the village's meters show, as a pure function of the simulated instant.
@@ -60,10 +60,9 @@ impl MeterModel {
     /// What the meter's total register says `night` drew (clipped to the season), Wh:
     /// the figure a boundary read at each end must reproduce exactly.
     pub fn register_night_wh(&self, hh: &SimHousehold, night: Night) -> i64 {
-        self.fleet
-            .calendar
-            .night_span(night)
-            .map_or(0, |(a, b)| self.register_wh(hh, b) - self.register_wh(hh, a))
+        self.fleet.calendar.night_span(night).map_or(0, |(a, b)| {
+            self.register_wh(hh, b) - self.register_wh(hh, a)
+        })
     }
 }
 
@@ -74,6 +73,8 @@ struct Faults {
     silent: Vec<(UnixTime, UnixTime)>,
     /// The meter's clock minus true time, seconds.
     clock_shift_s: i64,
+    /// `[from, to)` intervals in which each reply waits this long (real time).
+    slow: Vec<(UnixTime, UnixTime, Duration)>,
 }
 
 /// Shared state of every line: faults and what the meters actually gave.
@@ -88,7 +89,10 @@ impl MeterBoard {
     /// Silences `meter` for `[from, to)` (simulated UTC seconds).
     pub fn silence(&self, meter: &str, from: UnixTime, to: UnixTime) {
         if let Ok(mut f) = self.faults.lock() {
-            f.entry(meter.to_owned()).or_default().silent.push((from, to));
+            f.entry(meter.to_owned())
+                .or_default()
+                .silent
+                .push((from, to));
         }
     }
 
@@ -96,6 +100,16 @@ impl MeterBoard {
     pub fn shift_clock(&self, meter: &str, shift_s: i64) {
         if let Ok(mut f) = self.faults.lock() {
             f.entry(meter.to_owned()).or_default().clock_shift_s = shift_s;
+        }
+    }
+
+    /// Makes `meter` wait `delay` (real time) before each reply in `[from, to)`.
+    pub fn slow(&self, meter: &str, from: UnixTime, to: UnixTime, delay: Duration) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.entry(meter.to_owned())
+                .or_default()
+                .slow
+                .push((from, to, delay));
         }
     }
 
@@ -108,13 +122,21 @@ impl MeterBoard {
             .unwrap_or_default()
     }
 
-    fn state(&self, meter: &str, t: UnixTime) -> (bool, i64) {
+    /// (silent, clock shift s, reply delay) of `meter` at `t`.
+    fn state(&self, meter: &str, t: UnixTime) -> (bool, i64, Duration) {
         let Ok(f) = self.faults.lock() else {
-            return (false, 0);
+            return (false, 0, Duration::ZERO);
         };
-        f.get(meter).map_or((false, 0), |m| {
+        f.get(meter).map_or((false, 0, Duration::ZERO), |m| {
             let silent = m.silent.iter().any(|&(a, b)| a <= t && t < b);
-            (silent, m.clock_shift_s)
+            let delay = m
+                .slow
+                .iter()
+                .filter(|&&(a, b, _)| a <= t && t < b)
+                .map(|&(_, _, d)| d)
+                .max()
+                .unwrap_or(Duration::ZERO);
+            (silent, m.clock_shift_s, delay)
         })
     }
 
@@ -157,16 +179,32 @@ pub async fn serve_line(
     let start = clock.now();
     let init: Vec<(String, SimMeter)> = households
         .iter()
-        .map(|h| (h.meter.clone(), SimMeter::new(model.register_wh(h, start), Some(0), 0)))
+        .map(|h| {
+            (
+                h.meter.clone(),
+                SimMeter::new(model.register_wh(h, start), Some(0), 0),
+            )
+        })
         .collect();
     let refs: Vec<(&str, SimMeter)> = init.iter().map(|(a, m)| (a.as_str(), m.clone())).collect();
-    let sim = Dlt645Sim::new(&refs)?.with_delay(std::time::Duration::ZERO);
+    let sim = Dlt645Sim::new(&refs)?.with_delay(Duration::ZERO);
     let mut by_addr = Vec::new();
     for h in &households {
-        let a: Address = h.meter.parse().map_err(|_| anyhow::anyhow!("bad meter address {}", h.meter))?;
+        let a: Address = h
+            .meter
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad meter address {}", h.meter))?;
         by_addr.push((a, h.clone()));
     }
-    let line = Arc::new(Line { model, board, clock, skews, gw_index, sim, by_addr });
+    let line = Arc::new(Line {
+        model,
+        board,
+        clock,
+        skews,
+        gw_index,
+        sim,
+        by_addr,
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let task = tokio::spawn(async move {
@@ -204,10 +242,14 @@ impl Line {
             let mut frames = Vec::new();
             reader.push(buf.get(..n).unwrap_or(&[]), |f| frames.extend(f.ok()));
             for f in frames {
+                let mut delay = Duration::ZERO;
                 if let Ok(Request::ReadData { address, di: want }) = parse_request(&f) {
-                    self.refresh(&address, want == di::FORWARD_ACTIVE_TOTAL);
+                    delay = self.refresh(&address, want == di::FORWARD_ACTIVE_TOTAL);
                 }
                 if let Some(reply) = self.sim.respond(&f) {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     if s.write_all(&reply).await.is_err() {
                         return;
                     }
@@ -216,13 +258,14 @@ impl Line {
         }
     }
 
-    /// Sets the addressed meter's registers to the model's values now.
-    fn refresh(&self, address: &Address, total: bool) {
+    /// Sets the addressed meter's registers to the model's values now; returns how long
+    /// the reply is to wait.
+    fn refresh(&self, address: &Address, total: bool) -> Duration {
         let Some((_, h)) = self.by_addr.iter().find(|(a, _)| address.matches(a)) else {
-            return;
+            return Duration::ZERO;
         };
         let t = self.clock.now() - self.skews.offset(self.gw_index);
-        let (silent, shift) = self.board.state(&h.meter, t);
+        let (silent, shift, delay) = self.board.state(&h.meter, t);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
@@ -241,5 +284,6 @@ impl Line {
         if total && !silent {
             self.board.record(&h.meter, t);
         }
+        delay
     }
 }

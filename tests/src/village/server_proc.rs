@@ -25,12 +25,16 @@ fn build(package: &str) -> Result<PathBuf, String> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", package, "--bin", package]).current_dir(&root);
+    cmd.args(["build", "-p", package, "--bin", package])
+        .current_dir(&root);
     // As in `agent_proc`: cargo's variables for this test process would make build
     // scripts think their environment changed; give the build a clean one.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        let keep = matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS");
+        let keep = matches!(
+            k.as_str(),
+            "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS"
+        );
         if (k.starts_with("CARGO_") && !keep) || k == "LD_LIBRARY_PATH" || k == "OUT_DIR" {
             cmd.env_remove(&k);
         }
@@ -39,7 +43,8 @@ fn build(package: &str) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("cargo build -p {package} failed: {status}"));
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let bin = target.join("debug").join(package);
     if bin.exists() {
         Ok(bin)
@@ -69,7 +74,11 @@ impl ServerProcess {
         );
         let config = dir.join("server.toml");
         std::fs::write(&config, text)?;
-        Ok(Self { config, port: http_port, child: None })
+        Ok(Self {
+            config,
+            port: http_port,
+            child: None,
+        })
     }
 
     /// `qingnuan-server registry import --config … FILE` with the given clock.
@@ -92,7 +101,10 @@ impl ServerProcess {
     /// Starts `qingnuan-server run` (appending to `server.log`) and waits for `/api/v1/health`.
     pub async fn start(&mut self, clock: &str) -> anyhow::Result<()> {
         let log = self.config.with_extension("log");
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(server_bin()?)
             .arg("run")
             .arg("--config")
@@ -153,6 +165,9 @@ pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no HTTP status")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }

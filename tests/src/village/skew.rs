@@ -35,7 +35,11 @@ impl Skews {
 
     /// The offset of gateway `i` (0 until its agent has said where its clock is).
     pub fn offset(&self, i: usize) -> i64 {
-        self.offsets.get(i).map(|o| o.load(Ordering::SeqCst)).filter(|&o| o != UNKNOWN).unwrap_or(0)
+        self.offsets
+            .get(i)
+            .map(|o| o.load(Ordering::SeqCst))
+            .filter(|&o| o != UNKNOWN)
+            .unwrap_or(0)
     }
 
     /// Forgets gateway `i`'s offset (its agent is about to start again).
@@ -46,18 +50,30 @@ impl Skews {
     }
 
     fn observe(&self, gw: &str, d: i64) {
-        let Some(o) = self.gateways.iter().position(|g| g == gw).and_then(|i| self.offsets.get(i)) else {
+        let Some(o) = self
+            .gateways
+            .iter()
+            .position(|g| g == gw)
+            .and_then(|i| self.offsets.get(i))
+        else {
             return;
         };
-        if std::env::var_os("VILLAGE_DEBUG").is_some() {
-            eprintln!("status {gw}: village-agent {d}");
-        }
-        let _ = o.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| (cur == UNKNOWN || d < cur).then_some(d));
+        let _ = o.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+            (cur == UNKNOWN || d < cur).then_some(d)
+        });
     }
 
     /// Follows `qn/v1/gw/+/status` on the broker at `port` until the returned task is aborted.
-    pub async fn follow(&self, port: u16, clock: SharedClock) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let mut o = MqttOptions::new(format!("skew-{:08x}", rand::random::<u32>()), "127.0.0.1", port);
+    pub async fn follow(
+        &self,
+        port: u16,
+        clock: SharedClock,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let mut o = MqttOptions::new(
+            format!("skew-{:08x}", rand::random::<u32>()),
+            "127.0.0.1",
+            port,
+        );
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut ev) = AsyncClient::new(o, 16);
         let me = self.clone();

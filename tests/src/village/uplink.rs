@@ -41,7 +41,12 @@ impl Uplink {
                 }
             }
         });
-        Ok(Self { port, cut, conns, task })
+        Ok(Self {
+            port,
+            cut,
+            conns,
+            task,
+        })
     }
 
     /// The URL the agent is given.

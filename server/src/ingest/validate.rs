@@ -1,0 +1,281 @@
+//! Validation of one MQTT message, pure: topic, size, JSON, envelope, then every reading
+//! on its own (so one bad reading does not sink the batch), against the registry bindings.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use qingnuan_shared::calendar::Calendar;
+use qingnuan_shared::units::GatewayId;
+use qingnuan_shared::wire::{self, BootId, Reading, ReadingsBatch, Status, TopicKind, WireError};
+use serde::Deserialize;
+
+use crate::registry::seasons_touched;
+use crate::store::{Binding, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
+
+/// Bytes of a quarantined payload kept for inspection.
+const KEPT_PAYLOAD_BYTES: usize = 1024;
+
+/// Where a meter may be read from and for whom: the registry as ingest needs it.
+#[derive(Debug, Default)]
+pub struct Bindings {
+    gateways: HashSet<String>,
+    /// (gateway, meter) → earliest install of the meter on that gateway, UTC Unix seconds.
+    read_by: HashMap<(String, String), i64>,
+    /// meter → (household, valid_from, valid_to)
+    households: HashMap<String, Vec<(String, i64, Option<i64>)>>,
+}
+
+impl Bindings {
+    /// Builds the lookup from the registry's gateways and meter rows.
+    pub fn new(gateways: impl IntoIterator<Item = String>, bindings: Vec<Binding>) -> Self {
+        let mut b = Bindings {
+            gateways: gateways.into_iter().collect(),
+            ..Default::default()
+        };
+        for m in bindings {
+            let install = b
+                .read_by
+                .entry((m.gateway.clone(), m.meter.clone()))
+                .or_insert(m.valid_from);
+            *install = (*install).min(m.valid_from);
+            b.households
+                .entry(m.meter)
+                .or_default()
+                .push((m.household, m.valid_from, m.valid_to));
+            b.gateways.insert(m.gateway);
+        }
+        b
+    }
+
+    /// The (household, season) pairs a new reading can change: households whose meter
+    /// validity holds `ts`, seasons from the one `max_gap_s` before it up to `now`'s.
+    pub fn dirty_of(
+        &self,
+        r: &NewReading,
+        cal: &Calendar,
+        now: i64,
+        out: &mut BTreeSet<(String, String)>,
+    ) {
+        let max_gap = cal.policy().rules.max_gap_s;
+        for (hh, from, to) in self.households.get(&r.meter).into_iter().flatten() {
+            if r.ts < *from || to.is_some_and(|to| r.ts > to) {
+                continue;
+            }
+            for s in seasons_touched(cal, r.ts.saturating_sub(max_gap), None, now.max(r.ts)) {
+                out.insert((hh.clone(), s.to_string()));
+            }
+        }
+    }
+}
+
+/// Checks one message and adds what it yields to `tx`. Never fails: whatever is wrong
+/// becomes a quarantine row.
+pub fn message(
+    topic: &str,
+    payload: &[u8],
+    bindings: &Bindings,
+    now: i64,
+    future_tolerance_s: i64,
+    tx: &mut IngestTx,
+) {
+    let msg = Msg {
+        topic,
+        payload,
+        key: msg_key(topic, payload),
+    };
+    let (gw, kind) = match wire::parse_topic(topic) {
+        Ok(t) => t,
+        Err(e) => return msg.quarantine(tx, None, -1, "bad_topic", e.to_string()),
+    };
+    let gw_name = gw.as_str().to_string();
+    if payload.len() > wire::MAX_PAYLOAD_BYTES {
+        let detail = format!("payload of {} bytes is larger than 64 KiB", payload.len());
+        return msg.quarantine(tx, Some(&gw_name), -1, "too_large", detail);
+    }
+    if !bindings.gateways.contains(&gw_name) {
+        return msg.quarantine(
+            tx,
+            Some(&gw_name),
+            -1,
+            "unknown_gateway",
+            format!("gateway {gw_name} is not in the registry"),
+        );
+    }
+    match kind {
+        TopicKind::Status => status(&msg, &gw, tx),
+        TopicKind::Readings => readings(&msg, &gw, bindings, now, future_tolerance_s, tx),
+    }
+}
+
+fn status(msg: &Msg<'_>, gw: &GatewayId, tx: &mut IngestTx) {
+    let name = Some(gw.as_str());
+    let s: Status = match serde_json::from_slice(msg.payload) {
+        Ok(s) => s,
+        Err(e) => return msg.quarantine(tx, name, -1, json_reason(&e), e.to_string()),
+    };
+    if let Err(e) = s.validate(gw) {
+        return msg.quarantine(tx, name, -1, e.problem.code(), e.to_string());
+    }
+    let state = match s.state {
+        wire::GatewayState::Online => "online",
+        wire::GatewayState::Offline => "offline",
+    };
+    tx.statuses.push(StatusUpdate {
+        gateway: gw.to_string(),
+        state: state.into(),
+        json: String::from_utf8_lossy(msg.payload).into_owned(),
+    });
+}
+
+/// The batch envelope with its readings left as JSON values, checked one by one.
+#[derive(Deserialize)]
+struct Envelope {
+    v: u32,
+    gw: GatewayId,
+    seq: u64,
+    boot: BootId,
+    #[serde(default)]
+    sent: Option<i64>,
+    readings: Vec<serde_json::Value>,
+}
+
+fn readings(
+    msg: &Msg<'_>,
+    gw: &GatewayId,
+    bindings: &Bindings,
+    now: i64,
+    tolerance: i64,
+    tx: &mut IngestTx,
+) {
+    let name = Some(gw.as_str());
+    let env: Envelope = match serde_json::from_slice(msg.payload) {
+        Ok(e) => e,
+        Err(e) => return msg.quarantine(tx, name, -1, json_reason(&e), e.to_string()),
+    };
+    let head = ReadingsBatch {
+        v: env.v,
+        gw: env.gw,
+        seq: env.seq,
+        boot: env.boot,
+        sent: env.sent,
+        readings: Vec::new(),
+    };
+    if let Err(e) = head.validate_envelope(gw) {
+        return msg.quarantine(tx, name, -1, e.problem.code(), e.to_string());
+    }
+    for (i, value) in env.readings.into_iter().enumerate() {
+        let item = i64::try_from(i).unwrap_or(i64::MAX);
+        let r: Reading = match serde_json::from_value(value) {
+            Ok(r) => r,
+            Err(e) => {
+                msg.quarantine(tx, name, item, "bad_reading", format!("readings[{i}]: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = r.validate() {
+            let e = WireError {
+                index: Some(i),
+                ..e
+            };
+            msg.quarantine(tx, name, item, e.problem.code(), e.to_string());
+            continue;
+        }
+        let meter = r.meter.as_str();
+        let Some(&install) = bindings
+            .read_by
+            .get(&(gw.as_str().to_string(), meter.to_string()))
+        else {
+            let detail = format!("readings[{i}].meter: {meter} is not registered on gateway {gw}");
+            msg.quarantine(tx, name, item, "unbound_meter", detail);
+            continue;
+        };
+        if r.ts > now.saturating_add(tolerance) {
+            let detail = format!(
+                "readings[{i}].ts: {} is {} s ahead of the server clock",
+                r.ts,
+                r.ts - now
+            );
+            msg.quarantine(tx, name, item, "future_ts", detail);
+            continue;
+        }
+        if r.ts < install {
+            let detail = format!(
+                "readings[{i}].ts: {} is before meter {meter} was installed ({install})",
+                r.ts
+            );
+            msg.quarantine(tx, name, item, "before_install", detail);
+            continue;
+        }
+        match (r.e_wh, r.err) {
+            (Some(e_wh), _) => tx.readings.push(NewReading {
+                meter: meter.into(),
+                ts: r.ts,
+                e_wh,
+                e_valley_wh: r.e_valley_wh,
+                p_w: r.p_w,
+                meter_ts: r.meter_ts,
+                gateway: gw.to_string(),
+            }),
+            (None, Some(err)) => tx.failures.push(ReadFailure {
+                meter: meter.into(),
+                ts: r.ts,
+                err: err.as_str().into(),
+                gateway: gw.to_string(),
+            }),
+            // `validate` refuses a reading with neither.
+            (None, None) => {}
+        }
+    }
+}
+
+/// `not_json` for syntax, `bad_envelope` for a shape or type the contract does not allow.
+fn json_reason(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Data => "bad_envelope",
+        _ => "not_json",
+    }
+}
+
+struct Msg<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
+    key: String,
+}
+
+impl Msg<'_> {
+    fn quarantine(
+        &self,
+        tx: &mut IngestTx,
+        gw: Option<&str>,
+        item: i64,
+        reason: &str,
+        detail: String,
+    ) {
+        let kept = self
+            .payload
+            .get(..KEPT_PAYLOAD_BYTES)
+            .unwrap_or(self.payload);
+        tx.quarantine.push(Quarantined {
+            msg_key: self.key.clone(),
+            item,
+            topic: self.topic.chars().take(256).collect(),
+            gateway: gw.map(Into::into),
+            reason: reason.into(),
+            detail,
+            payload: String::from_utf8_lossy(kept).into_owned(),
+        });
+    }
+}
+
+/// FNV-1a 64 of topic and payload, hex: the same message always has the same key.
+fn msg_key(topic: &str, payload: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes().chain([0u8]).chain(payload.iter().copied()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}-{}", payload.len())
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

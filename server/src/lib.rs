@@ -1,0 +1,204 @@
+/*!
+The Qingnuan server: ingests gateway readings over MQTT, stores them, computes every
+household's off-peak kWh and subsidy exactly, and serves the figures over HTTP.
+
+# Layout
+- [`config`]: `server.toml` (CONTRACT.md "Server").
+- [`store`]: the only module that knows SQL (SQLite in WAL mode, migrations in `migrations/`).
+- [`registry`]: the registry CSV import (households, meters, gateways) with its audit log.
+- [`ingest`]: the MQTT subscriber: validation, quarantine, batched commits, acks after commit.
+- [`engine`]: the pure off-peak computation (DESIGN.md), no I/O.
+- [`recompute`]: turns `dirty` (household, season) pairs into stored nights and statements.
+- [`export`]: the contract's statement/night JSON and the finance CSV (with BOM).
+- [`http`]: the JSON/CSV API (axum): `app(state)` builds the router.
+- [`broker`]: the embedded MQTT broker (rumqttd) that serves `run` without `[mqtt] url`, and the demo.
+- [`demo`]: `qingnuan-server demo`: a simulated village (real agents, simulated meters) on the
+  embedded broker and store, under an accelerated clock.
+
+[`run`] (and [`start`]) wire them: ingest commits batches and wakes recompute; HTTP and
+the CLI's `export` read what recompute stored.
+*/
+#![deny(missing_docs)]
+
+pub mod broker;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod export;
+pub mod http;
+pub mod ingest;
+pub mod monitor;
+pub mod recompute;
+pub mod registry;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use qingnuan_shared::calendar::Calendar;
+use qingnuan_shared::clock::SharedClock;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// `QINGNUAN_CLOCK` is malformed.
+    #[error("QINGNUAN_CLOCK: {0}")]
+    Clock(#[from] qingnuan_shared::clock::ClockSpecError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The embedded broker (no `[mqtt] url`) did not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The HTTP listener could not be bound.
+    #[error("http.listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started server: its address and the handle that stops it.
+pub struct Running {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    store: store::Store,
+    /// The embedded broker when `[mqtt] url` is absent; stopped after ingest.
+    broker: Option<broker::EmbeddedBroker>,
+}
+
+impl Running {
+    /// Stops ingest (after its current batch), recompute and HTTP, then closes the store.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
+        // After ingest: it acknowledges only what it committed, so nothing is lost.
+        if let Some(b) = self.broker {
+            b.shutdown();
+        }
+    }
+}
+
+/// Starts ingest, recompute and the HTTP API in the background, with the clock of
+/// `QINGNUAN_CLOCK` (tests) or the wall clock.
+pub async fn start(config: config::Config) -> Result<Running, RunError> {
+    start_with_clock(config, qingnuan_shared::clock::from_env()?).await
+}
+
+/// [`start`] with an explicit clock.
+pub async fn start_with_clock(
+    config: config::Config,
+    clock: SharedClock,
+) -> Result<Running, RunError> {
+    let policy = config.load_policy()?;
+    let (config, embedded) = with_embedded_broker(config)?;
+    config.broker()?;
+    let store = store::Store::open(&config.store.url).await?;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: config.http.listen,
+        source,
+    })?;
+    let (stop, stopped) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let stats = Arc::new(ingest::IngestStats::default());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(recompute::run(
+        store.clone(),
+        policy,
+        clock.clone(),
+        wake.clone(),
+        stopped.clone(),
+    )));
+    let monitor = monitor::Monitor::new(store.clone(), policy, monitor::MonitorConfig::default());
+    tasks.push(tokio::spawn(monitor::run(
+        monitor.clone(),
+        clock.clone(),
+        std::time::Duration::from_secs(60),
+        stopped.clone(),
+    )));
+    let ingest = ingest::Ingest {
+        store: store.clone(),
+        calendar: Calendar::new(policy),
+        clock: clock.clone(),
+        recompute: wake.clone(),
+        stats: stats.clone(),
+        monitor,
+    };
+    let (cfg, rx) = (config.clone(), stopped.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = ingest::run(&cfg, ingest, rx).await {
+            warn!(error = %e, "ingest stopped");
+        }
+    }));
+    let state = http::AppState(Arc::new(http::App {
+        store: store.clone(),
+        policy,
+        clock,
+        recompute: wake,
+        stats,
+    }));
+    let mut rx = stopped;
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, http::app(state)).with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            warn!(error = %e, "http server stopped");
+        }
+    }));
+    info!(%addr, "qingnuan-server listening");
+    Ok(Running {
+        addr,
+        stop,
+        tasks,
+        store,
+        broker: embedded,
+    })
+}
+
+/// Without `[mqtt] url` (CONTRACT.md), starts the embedded broker on `[mqtt]
+/// embedded_listen` and points the config at it; ingest then connects as to any broker.
+fn with_embedded_broker(
+    mut config: config::Config,
+) -> Result<(config::Config, Option<broker::EmbeddedBroker>), RunError> {
+    if config.mqtt.url.is_some() {
+        return Ok((config, None));
+    }
+    let listen = config.embedded_listen()?;
+    let b = broker::EmbeddedBroker::start(broker::BrokerSettings::with_listen(listen))?;
+    info!(url = %b.url(), "no [mqtt] url: embedded MQTT broker listening");
+    config.mqtt.url = Some(b.url());
+    Ok((config, Some(b)))
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(
+    config: config::Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let running = start(config).await?;
+    shutdown.await;
+    info!("shutting down");
+    running.stop().await;
+    Ok(())
+}

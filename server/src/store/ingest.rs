@@ -1,0 +1,268 @@
+//! The ingest transaction: one batch of MQTT messages, already validated, committed at
+//! once. Every insert is keyed, so committing the same batch twice changes nothing.
+
+use std::collections::{BTreeSet, HashSet};
+
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::{Store, StoreError};
+
+/// A valid reading to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReading {
+    /// Meter id.
+    pub meter: String,
+    /// Read at, UTC Unix seconds (gateway clock).
+    pub ts: i64,
+    /// Cumulative forward active energy, Wh.
+    pub e_wh: i64,
+    /// Cumulative valley (tariff 4) energy, Wh.
+    pub e_valley_wh: Option<i64>,
+    /// Active power, W.
+    pub p_w: Option<i64>,
+    /// The meter's clock, UTC Unix seconds.
+    pub meter_ts: Option<i64>,
+    /// The gateway that sent it.
+    pub gateway: String,
+}
+
+/// A read the gateway reported as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFailure {
+    /// Meter id.
+    pub meter: String,
+    /// When the read was tried, UTC Unix seconds.
+    pub ts: i64,
+    /// The gateway's reason (`timeout`, …).
+    pub err: String,
+    /// The gateway.
+    pub gateway: String,
+}
+
+/// A message, or one reading of it, that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Hash of topic and payload: a redelivered message has the same key.
+    pub msg_key: String,
+    /// Reading index, or -1 for the whole message.
+    pub item: i64,
+    /// The MQTT topic.
+    pub topic: String,
+    /// The gateway, when the topic names a valid one.
+    pub gateway: Option<String>,
+    /// Stable snake_case reason (`not_json`, `unknown_gateway`, `future_ts`, …).
+    pub reason: String,
+    /// Human-readable detail naming the field.
+    pub detail: String,
+    /// The start of the payload, lossy UTF-8.
+    pub payload: String,
+}
+
+/// A gateway's status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// Gateway id.
+    pub gateway: String,
+    /// `online` or `offline`.
+    pub state: String,
+    /// The payload as received.
+    pub json: String,
+}
+
+/// Everything one batch of messages writes.
+#[derive(Debug, Clone, Default)]
+pub struct IngestTx {
+    /// Valid readings, in arrival order (the first value of a key is kept).
+    pub readings: Vec<NewReading>,
+    /// Failed reads.
+    pub failures: Vec<ReadFailure>,
+    /// Quarantined messages and readings.
+    pub quarantine: Vec<Quarantined>,
+    /// Gateway states, in arrival order.
+    pub statuses: Vec<StatusUpdate>,
+    /// Server time of the commit, UTC Unix seconds.
+    pub received: i64,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// Readings stored for the first time.
+    pub new_readings: u64,
+    /// Readings already stored with the same value (ignored).
+    pub repeats: u64,
+    /// Readings already stored with another value (flagged, first kept).
+    pub conflicts: u64,
+    /// Quarantine rows written for the first time.
+    pub quarantined: u64,
+    /// (household, season) pairs marked for recompute.
+    pub dirty: u64,
+}
+
+/// Rows per multi-row INSERT (8 values each, far below SQLite's variable limit).
+const CHUNK: usize = 100;
+
+impl Store {
+    /// Commits a batch in one transaction. `dirty_of` names the (household, season)
+    /// pairs a newly stored reading affects; repeats mark nothing.
+    pub async fn commit_ingest(
+        &self,
+        batch: &IngestTx,
+        dirty_of: impl Fn(&NewReading, &mut BTreeSet<(String, String)>),
+    ) -> Result<CommitSummary, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut sum = CommitSummary::default();
+        let mut dirty = BTreeSet::new();
+        for chunk in batch.readings.chunks(CHUNK) {
+            let mut qb: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received) ");
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.meter)
+                    .push_bind(r.ts)
+                    .push_bind(r.e_wh)
+                    .push_bind(r.e_valley_wh)
+                    .push_bind(r.p_w)
+                    .push_bind(r.meter_ts)
+                    .push_bind(&r.gateway)
+                    .push_bind(batch.received);
+            });
+            qb.push(" ON CONFLICT (meter, ts) DO NOTHING RETURNING meter, ts");
+            let inserted: HashSet<(String, i64)> = qb
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1)))
+                .collect();
+            let mut seen_new = HashSet::new();
+            for r in chunk {
+                let key = (r.meter.clone(), r.ts);
+                if inserted.contains(&key) && seen_new.insert(key) {
+                    sum.new_readings += 1;
+                    dirty_of(r, &mut dirty);
+                } else if same_as_stored(&mut tx, r).await? {
+                    sum.repeats += 1;
+                } else {
+                    sum.conflicts += 1;
+                    sqlx::query(
+                        "INSERT INTO reading_conflicts (meter, ts, e_wh, e_valley_wh, gateway, received)
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&r.meter)
+                    .bind(r.ts)
+                    .bind(r.e_wh)
+                    .bind(r.e_valley_wh.unwrap_or(-1))
+                    .bind(&r.gateway)
+                    .bind(batch.received)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        for f in &batch.failures {
+            sqlx::query("INSERT INTO read_failures (meter, ts, err, gateway) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(&f.meter)
+                .bind(f.ts)
+                .bind(&f.err)
+                .bind(&f.gateway)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for q in &batch.quarantine {
+            let done = sqlx::query(
+                "INSERT INTO quarantine (msg_key, item, received, topic, gateway, reason, detail, payload)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&q.msg_key)
+            .bind(q.item)
+            .bind(batch.received)
+            .bind(&q.topic)
+            .bind(&q.gateway)
+            .bind(&q.reason)
+            .bind(&q.detail)
+            .bind(&q.payload)
+            .execute(&mut *tx)
+            .await?;
+            sum.quarantined += done.rows_affected();
+        }
+        for s in &batch.statuses {
+            sqlx::query(
+                "UPDATE gateways SET state = ?, last_seen = ?, status_json = ? WHERE id = ?",
+            )
+            .bind(&s.state)
+            .bind(batch.received)
+            .bind(&s.json)
+            .bind(&s.gateway)
+            .execute(&mut *tx)
+            .await?;
+        }
+        super::results::mark_dirty_many(&mut tx, &dirty).await?;
+        sum.dirty = dirty.len() as u64;
+        tx.commit().await?;
+        Ok(sum)
+    }
+
+    /// Quarantine counts by reason, most frequent first.
+    pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT reason, COUNT(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC, reason",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Quarantine rows as (topic, item, reason, detail), oldest first.
+    pub async fn quarantine_rows(&self) -> Result<Vec<(String, i64, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT topic, item, reason, detail FROM quarantine ORDER BY received, msg_key, item",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// Number of stored readings and of flagged conflicts.
+    pub async fn reading_counts(&self) -> Result<(i64, i64), StoreError> {
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM readings")
+            .fetch_one(&self.pool)
+            .await?;
+        let c = sqlx::query_scalar("SELECT COUNT(*) FROM reading_conflicts")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((n, c))
+    }
+
+    /// A gateway's last state and when it was heard (server clock).
+    pub async fn gateway_state(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Option<String>, Option<i64>)>, StoreError> {
+        let r = sqlx::query("SELECT state, last_seen FROM gateways WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+async fn same_as_stored(
+    tx: &mut Transaction<'_, Sqlite>,
+    r: &NewReading,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT e_wh, e_valley_wh FROM readings WHERE meter = ? AND ts = ?")
+        .bind(&r.meter)
+        .bind(r.ts)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        Some(row) => {
+            row.get::<i64, _>(0) == r.e_wh && row.get::<Option<i64>, _>(1) == r.e_valley_wh
+        }
+        // Not stored and not inserted cannot happen inside one transaction.
+        None => false,
+    })
+}

@@ -1,0 +1,329 @@
+//! Monitoring tables (`migrations/0002_monitor.sql`): gateway and meter state as JSON of
+//! the monitor's types, and alarms with their lifecycle. The partial unique index on
+//! open alarms makes "one open alarm per key" hold even if two writers race.
+//!
+//! Invariant: an alarm row is never deleted; clearing sets `cleared`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError};
+use crate::monitor::{Changes, GatewayState, MeterState};
+
+/// One alarm as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlarmRow {
+    /// Row id.
+    pub id: i64,
+    /// Dedup key (`kind:subject[:season]`).
+    pub key: String,
+    /// Kind (snake_case).
+    pub kind: String,
+    /// Household id.
+    pub household: Option<String>,
+    /// Meter id.
+    pub meter: Option<String>,
+    /// Gateway id.
+    pub gateway: Option<String>,
+    /// 区
+    pub district: Option<String>,
+    /// 村
+    pub village: Option<String>,
+    /// Why, with the figures.
+    pub reason: String,
+    /// Opened at, UTC Unix seconds (server clock).
+    pub opened: i64,
+    /// Last raised with new figures at, UTC Unix seconds.
+    pub updated: i64,
+    /// Cleared at, UTC Unix seconds; `None` while open.
+    pub cleared: Option<i64>,
+}
+
+/// Which alarms to list; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlarmFilter {
+    /// `Some(true)` open only, `Some(false)` cleared only.
+    pub open: Option<bool>,
+    /// Kind (snake_case).
+    pub kind: Option<String>,
+    /// 区
+    pub district: Option<String>,
+    /// 村
+    pub village: Option<String>,
+    /// Gateway id.
+    pub gateway: Option<String>,
+    /// Household id.
+    pub household: Option<String>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// A household with its place and device (the registry as monitoring needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedHousehold {
+    /// Household id.
+    pub id: String,
+    /// 区
+    pub district: String,
+    /// 镇/乡
+    pub town: String,
+    /// 村
+    pub village: String,
+    /// Device kind.
+    pub device: String,
+}
+
+fn corrupt<T>(what: &'static str) -> impl FnOnce(T) -> StoreError {
+    move |_| StoreError::Corrupt(what)
+}
+
+impl Store {
+    /// Stored state of the given gateways (all of them when `ids` is `None`).
+    pub async fn monitor_gateways(
+        &self,
+        ids: Option<&[String]>,
+    ) -> Result<BTreeMap<String, GatewayState>, StoreError> {
+        let mut qb: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("SELECT id, state_json FROM monitor_gateways");
+        if let Some(ids) = ids {
+            if ids.is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            qb.push(" WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id);
+            }
+            qb.push(")");
+        }
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let state = serde_json::from_str(r.get::<&str, _>(1))
+                    .map_err(corrupt("monitor_gateways"))?;
+                Ok((r.get(0), state))
+            })
+            .collect()
+    }
+
+    /// Stored state of the given meters (all when `ids` is `None`), with their gateway.
+    pub async fn monitor_meters(
+        &self,
+        ids: Option<&[String]>,
+    ) -> Result<BTreeMap<String, (String, MeterState)>, StoreError> {
+        let mut qb: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("SELECT meter, gateway, state_json FROM monitor_meters");
+        if let Some(ids) = ids {
+            if ids.is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            qb.push(" WHERE meter IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id);
+            }
+            qb.push(")");
+        }
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let state =
+                    serde_json::from_str(r.get::<&str, _>(2)).map_err(corrupt("monitor_meters"))?;
+                Ok((r.get(0), (r.get(1), state)))
+            })
+            .collect()
+    }
+
+    /// Writes gateway and meter states in one transaction.
+    pub async fn save_monitor_states(
+        &self,
+        gateways: &BTreeMap<String, GatewayState>,
+        meters: &BTreeMap<String, (String, MeterState)>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, g) in gateways {
+            let json = serde_json::to_string(g).map_err(corrupt("monitor_gateways"))?;
+            sqlx::query(
+                "INSERT INTO monitor_gateways (id, state_json, updated) VALUES (?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET state_json = excluded.state_json, updated = excluded.updated",
+            )
+            .bind(id)
+            .bind(json)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (meter, (gw, m)) in meters {
+            let json = serde_json::to_string(m).map_err(corrupt("monitor_meters"))?;
+            sqlx::query(
+                "INSERT INTO monitor_meters (meter, gateway, state_json, updated) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (meter) DO UPDATE SET gateway = excluded.gateway, state_json = excluded.state_json,
+                   updated = excluded.updated",
+            )
+            .bind(meter)
+            .bind(gw)
+            .bind(json)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every household with its place and device, by id.
+    pub async fn placed_households(&self) -> Result<Vec<PlacedHousehold>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, district, town, village, device FROM households ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PlacedHousehold {
+                id: r.get(0),
+                district: r.get(1),
+                town: r.get(2),
+                village: r.get(3),
+                device: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Stored nights of `season` from night `from` on (`YYYY-MM-DD`), as
+    /// (household, night, wh, quality, flags JSON, detail JSON), by household and night.
+    #[allow(clippy::type_complexity)]
+    pub async fn nights_since(
+        &self,
+        season: &str,
+        from: &str,
+    ) -> Result<Vec<(String, String, i64, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT household, night, wh, quality, flags, detail FROM nights
+             WHERE season = ? AND night >= ? ORDER BY household, night",
+        )
+        .bind(season)
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect())
+    }
+
+    /// Open alarms: key → reason.
+    pub async fn open_alarm_reasons(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let rows = sqlx::query("SELECT alarm_key, reason FROM alarms WHERE cleared IS NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Applies the lifecycle's changes in one transaction: opens (a key already open is
+    /// left alone), updates reasons, clears.
+    pub async fn apply_alarm_changes(&self, ch: &Changes, now: i64) -> Result<(), StoreError> {
+        if ch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for f in &ch.open {
+            let s = &f.subject;
+            sqlx::query(
+                "INSERT INTO alarms (alarm_key, kind, household, meter, gateway, district, village, reason, opened, updated)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&f.key)
+            .bind(f.kind.as_str())
+            .bind(&s.household)
+            .bind(&s.meter)
+            .bind(&s.gateway)
+            .bind(&s.district)
+            .bind(&s.village)
+            .bind(&f.reason)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for f in &ch.update {
+            sqlx::query(
+                "UPDATE alarms SET reason = ?, updated = ? WHERE alarm_key = ? AND cleared IS NULL",
+            )
+            .bind(&f.reason)
+            .bind(now)
+            .bind(&f.key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for k in &ch.clear {
+            sqlx::query("UPDATE alarms SET cleared = ? WHERE alarm_key = ? AND cleared IS NULL")
+                .bind(now)
+                .bind(k)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Alarms matching `f`, newest first.
+    pub async fn alarms(&self, f: &AlarmFilter) -> Result<Vec<AlarmRow>, StoreError> {
+        let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "SELECT id, alarm_key, kind, household, meter, gateway, district, village, reason, opened, updated, cleared
+             FROM alarms WHERE 1 = 1",
+        );
+        match f.open {
+            Some(true) => {
+                qb.push(" AND cleared IS NULL");
+            }
+            Some(false) => {
+                qb.push(" AND cleared IS NOT NULL");
+            }
+            None => {}
+        }
+        for (col, v) in [
+            ("kind", &f.kind),
+            ("district", &f.district),
+            ("village", &f.village),
+            ("gateway", &f.gateway),
+            ("household", &f.household),
+        ] {
+            if let Some(v) = v {
+                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        qb.push(" ORDER BY opened DESC, id DESC LIMIT ")
+            .push_bind(f.limit.max(1));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AlarmRow {
+                id: r.get(0),
+                key: r.get(1),
+                kind: r.get(2),
+                household: r.get(3),
+                meter: r.get(4),
+                gateway: r.get(5),
+                district: r.get(6),
+                village: r.get(7),
+                reason: r.get(8),
+                opened: r.get(9),
+                updated: r.get(10),
+                cleared: r.get(11),
+            })
+            .collect())
+    }
+
+    /// Open alarms per household (alarms that name one).
+    pub async fn open_alarm_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT household, COUNT(*) FROM alarms WHERE cleared IS NULL AND household IS NOT NULL GROUP BY household",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

@@ -1,0 +1,386 @@
+//! Computed figures (nights, season statements), the `dirty` work list, and the reading
+//! queries the recompute feeds the engine with.
+
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{Store, StoreError};
+
+/// A stored reading as the engine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredReading {
+    /// UTC Unix seconds.
+    pub ts: i64,
+    /// Cumulative forward active energy, Wh.
+    pub e_wh: i64,
+    /// Cumulative valley energy, Wh.
+    pub e_valley_wh: Option<i64>,
+}
+
+/// One computed night of a household.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NightRow {
+    /// `YYYY-MM-DD`, the local date its window opens.
+    pub night: String,
+    /// Paid energy, Wh (0 when missing).
+    pub wh: i64,
+    /// `actual`, `estimated` or `missing`.
+    pub quality: String,
+    /// Flag names.
+    pub flags: Vec<String>,
+    /// JSON: boundaries, readings used, interpolation.
+    pub detail: String,
+}
+
+/// One computed season statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRow {
+    /// Household id.
+    pub household: String,
+    /// `YYYY-YYYY`.
+    pub season: String,
+    /// Off-peak energy, Wh.
+    pub offpeak_wh: i64,
+    /// Subsidised energy, Wh.
+    pub subsidised_wh: i64,
+    /// The cap, Wh.
+    pub cap_wh: i64,
+    /// Night on which the cap was reached.
+    pub cap_reached_on: Option<String>,
+    /// City subsidy, fen.
+    pub city_fen: i64,
+    /// District subsidy, fen.
+    pub district_fen: i64,
+    /// Valley charge, fen.
+    pub valley_charge_fen: i64,
+    /// Nights `actual`.
+    pub nights_actual: i64,
+    /// Nights `estimated`.
+    pub nights_estimated: i64,
+    /// Nights `missing`.
+    pub nights_missing: i64,
+    /// Flag names.
+    pub flags: Vec<String>,
+}
+
+/// Marks many pairs with multi-row upserts (100 a statement).
+pub(super) async fn mark_dirty_many<'a>(
+    tx: &mut Transaction<'_, Sqlite>,
+    pairs: impl IntoIterator<Item = &'a (String, String)>,
+) -> Result<(), StoreError> {
+    // Unique pairs: PostgreSQL refuses an upsert that touches one row twice.
+    let pairs: Vec<&(String, String)> = pairs
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in pairs.chunks(100) {
+        let mut qb: sqlx::QueryBuilder<'_, Sqlite> =
+            sqlx::QueryBuilder::new("INSERT INTO dirty (household, season, gen) ");
+        qb.push_values(chunk, |mut b, (hh, season)| {
+            b.push_bind(hh).push_bind(season).push_bind(1_i64);
+        });
+        qb.push(" ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1");
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn mark_dirty(
+    tx: &mut Transaction<'_, Sqlite>,
+    household: &str,
+    season: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO dirty (household, season, gen) VALUES (?, ?, 1)
+         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1",
+    )
+    .bind(household)
+    .bind(season)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn flags_json(flags: &[String]) -> String {
+    serde_json::to_string(flags).unwrap_or_else(|_| "[]".into())
+}
+
+fn flags_from(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("flags"))
+}
+
+impl Store {
+    /// Marks (household, season) pairs for recompute.
+    pub async fn mark_dirty(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        mark_dirty_many(&mut tx, pairs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` pairs to recompute, with the generation of their mark.
+    pub async fn dirty(&self, limit: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT household, season, gen FROM dirty ORDER BY household, season LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// A value of the `meta` table.
+    pub async fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Sets a value of the `meta` table.
+    pub async fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Clears a dirty mark if it is still at generation `gen`.
+    pub async fn clear_dirty(
+        &self,
+        household: &str,
+        season: &str,
+        gen: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dirty WHERE household = ? AND season = ? AND gen = ?")
+            .bind(household)
+            .bind(season)
+            .bind(gen)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Readings of `meter` with `ts < until`, in time order.
+    pub async fn readings_of(
+        &self,
+        meter: &str,
+        until: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ts, e_wh, e_valley_wh FROM readings WHERE meter = ? AND ts < ? ORDER BY ts",
+        )
+        .bind(meter)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredReading {
+                ts: r.get(0),
+                e_wh: r.get(1),
+                e_valley_wh: r.get(2),
+            })
+            .collect())
+    }
+
+    /// Instants of `meter` at which a conflicting value arrived (the first was kept).
+    pub async fn conflicts_of(&self, meter: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT ts FROM reading_conflicts WHERE meter = ? ORDER BY ts",
+        )
+        .bind(meter)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Replaces the figures of one (household, season) and clears its `dirty` mark if it is
+    /// still at generation `gen` (a newer mark survives).
+    pub async fn save_season(
+        &self,
+        statement: &StatementRow,
+        nights: &[NightRow],
+        gen: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        save_one(&mut tx, statement, nights, gen, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::save_season`] for many pairs in one transaction (one sync for a round).
+    pub async fn save_seasons(
+        &self,
+        items: &[(StatementRow, Vec<NightRow>, Option<i64>)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (statement, nights, gen) in items {
+            save_one(&mut tx, statement, nights, *gen, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stored statement of a household for a season.
+    pub async fn statement(
+        &self,
+        household: &str,
+        season: &str,
+    ) -> Result<Option<StatementRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{STATEMENT_SELECT} WHERE s.household = ? AND s.season = ?"
+        ))
+        .bind(household)
+        .bind(season)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| statement_row(&r)).transpose()
+    }
+
+    /// Every stored statement of a season, optionally of one district and/or village, by
+    /// household, with the household's (district, town, village).
+    pub async fn statements(
+        &self,
+        season: &str,
+        district: Option<&str>,
+        village: Option<&str>,
+    ) -> Result<Vec<(StatementRow, [String; 3])>, StoreError> {
+        let select = STATEMENT_SELECT.replace(
+            " FROM statements s",
+            ", h.district, h.town, h.village FROM statements s",
+        );
+        let rows = sqlx::query(&format!(
+            "{select} JOIN households h ON h.id = s.household
+             WHERE s.season = ? AND (? IS NULL OR h.district = ?) AND (? IS NULL OR h.village = ?)
+             ORDER BY s.household"
+        ))
+        .bind(season)
+        .bind(district)
+        .bind(district)
+        .bind(village)
+        .bind(village)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((statement_row(r)?, [r.get(13), r.get(14), r.get(15)])))
+            .collect()
+    }
+
+    /// The stored nights of a household in a season, in order.
+    pub async fn nights(&self, household: &str, season: &str) -> Result<Vec<NightRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT night, wh, quality, flags, detail FROM nights WHERE household = ? AND season = ? ORDER BY night",
+        )
+        .bind(household)
+        .bind(season)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(NightRow {
+                    night: r.get(0),
+                    wh: r.get(1),
+                    quality: r.get(2),
+                    flags: flags_from(r.get::<&str, _>(3))?,
+                    detail: r.get(4),
+                })
+            })
+            .collect()
+    }
+}
+
+const STATEMENT_SELECT: &str = "SELECT s.household, s.season, s.offpeak_wh, s.subsidised_wh, s.cap_wh, s.cap_reached_on,
+    s.city_fen, s.district_fen, s.valley_charge_fen, s.nights_actual, s.nights_estimated, s.nights_missing, s.flags
+    FROM statements s";
+
+fn statement_row(r: &sqlx::sqlite::SqliteRow) -> Result<StatementRow, StoreError> {
+    Ok(StatementRow {
+        household: r.get(0),
+        season: r.get(1),
+        offpeak_wh: r.get(2),
+        subsidised_wh: r.get(3),
+        cap_wh: r.get(4),
+        cap_reached_on: r.get(5),
+        city_fen: r.get(6),
+        district_fen: r.get(7),
+        valley_charge_fen: r.get(8),
+        nights_actual: r.get(9),
+        nights_estimated: r.get(10),
+        nights_missing: r.get(11),
+        flags: flags_from(r.get::<&str, _>(12))?,
+    })
+}
+
+async fn save_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    statement: &StatementRow,
+    nights: &[NightRow],
+    gen: Option<i64>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM nights WHERE household = ? AND season = ?")
+        .bind(&statement.household)
+        .bind(&statement.season)
+        .execute(&mut **tx)
+        .await?;
+    for n in nights {
+        sqlx::query(
+                "INSERT INTO nights (household, night, season, wh, quality, flags, detail) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (household, night) DO UPDATE SET season = excluded.season, wh = excluded.wh,
+                   quality = excluded.quality, flags = excluded.flags, detail = excluded.detail",
+            )
+            .bind(&statement.household)
+            .bind(&n.night)
+            .bind(&statement.season)
+            .bind(n.wh)
+            .bind(&n.quality)
+            .bind(flags_json(&n.flags))
+            .bind(&n.detail)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let s = statement;
+    sqlx::query(
+            "INSERT INTO statements (household, season, offpeak_wh, subsidised_wh, cap_wh, cap_reached_on, city_fen,
+               district_fen, valley_charge_fen, nights_actual, nights_estimated, nights_missing, flags, computed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (household, season) DO UPDATE SET offpeak_wh = excluded.offpeak_wh,
+               subsidised_wh = excluded.subsidised_wh, cap_wh = excluded.cap_wh, cap_reached_on = excluded.cap_reached_on,
+               city_fen = excluded.city_fen, district_fen = excluded.district_fen,
+               valley_charge_fen = excluded.valley_charge_fen, nights_actual = excluded.nights_actual,
+               nights_estimated = excluded.nights_estimated, nights_missing = excluded.nights_missing,
+               flags = excluded.flags, computed_at = excluded.computed_at",
+        )
+        .bind(&s.household)
+        .bind(&s.season)
+        .bind(s.offpeak_wh)
+        .bind(s.subsidised_wh)
+        .bind(s.cap_wh)
+        .bind(&s.cap_reached_on)
+        .bind(s.city_fen)
+        .bind(s.district_fen)
+        .bind(s.valley_charge_fen)
+        .bind(s.nights_actual)
+        .bind(s.nights_estimated)
+        .bind(s.nights_missing)
+        .bind(flags_json(&s.flags))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(gen) = gen {
+        sqlx::query("DELETE FROM dirty WHERE household = ? AND season = ? AND gen = ?")
+            .bind(&s.household)
+            .bind(&s.season)
+            .bind(gen)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

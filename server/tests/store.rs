@@ -1,0 +1,220 @@
+//! The store's ingest merge: repeats ignored, a different value for the same key is a
+//! conflict (flagged, first kept), redelivered batches change nothing, dirty marks made
+//! during a recompute survive it.
+
+use std::collections::BTreeSet;
+
+use qingnuan_server::engine::Engine;
+use qingnuan_server::store::{IngestTx, NewReading, Quarantined, StatementRow, Store};
+use qingnuan_server::{recompute, registry};
+use qingnuan_shared::policy::Policy;
+
+const NOV1_20: i64 = 1_761_998_400;
+const NOW: i64 = NOV1_20 + 2 * 86_400 + 16 * 3600;
+
+fn r(ts: i64, e_wh: i64) -> NewReading {
+    NewReading {
+        meter: "m1".into(),
+        ts,
+        e_wh,
+        e_valley_wh: None,
+        p_w: None,
+        meter_ts: None,
+        gateway: "gw-1".into(),
+    }
+}
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .unwrap();
+    let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
+               hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,\n";
+    registry::import(&store, csv.as_bytes(), &Policy::beijing_2018(), "test", NOW)
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+fn mark(_: &NewReading, out: &mut BTreeSet<(String, String)>) {
+    out.insert(("hh-1".into(), "2025-2026".into()));
+}
+
+#[tokio::test]
+async fn repeats_are_ignored_and_conflicts_keep_the_first_value() {
+    let (_d, store) = store().await;
+    let tx = IngestTx {
+        readings: vec![r(NOV1_20, 1000), r(NOV1_20 + 43_200, 31_000)],
+        received: NOW,
+        ..Default::default()
+    };
+    let s = store.commit_ingest(&tx, mark).await.unwrap();
+    assert_eq!(
+        (s.new_readings, s.repeats, s.conflicts, s.dirty),
+        (2, 0, 0, 1)
+    );
+    // the same batch again (a redelivery): nothing new, nothing marked
+    let s = store.commit_ingest(&tx, mark).await.unwrap();
+    assert_eq!(
+        (s.new_readings, s.repeats, s.conflicts, s.dirty),
+        (0, 2, 0, 0)
+    );
+    // a different value for a stored key, and a repeat inside one batch
+    let tx2 = IngestTx {
+        readings: vec![
+            r(NOV1_20 + 43_200, 99_999),
+            r(NOV1_20 + 60, 1_500),
+            r(NOV1_20 + 60, 1_500),
+        ],
+        received: NOW,
+        ..Default::default()
+    };
+    let s = store.commit_ingest(&tx2, mark).await.unwrap();
+    assert_eq!((s.new_readings, s.repeats, s.conflicts), (1, 1, 1));
+    assert_eq!(store.reading_counts().await.unwrap(), (3, 1));
+    let kept = store.readings_of("m1", i64::MAX).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|k| (k.ts, k.e_wh)).collect::<Vec<_>>(),
+        vec![
+            (NOV1_20, 1000),
+            (NOV1_20 + 60, 1500),
+            (NOV1_20 + 43_200, 31_000)
+        ]
+    );
+    // the conflict flags the night whose readings it touches, the first value is paid
+    recompute::drain(&store, &mut Engine::new(Policy::beijing_2018()), NOW)
+        .await
+        .unwrap();
+    let nights = store.nights("hh-1", "2025-2026").await.unwrap();
+    let nov1 = nights.iter().find(|n| n.night == "2025-11-01").unwrap();
+    assert_eq!(nov1.wh, 30_000);
+    assert_eq!(nov1.flags, vec!["reading_conflict"]);
+    let st = store.statement("hh-1", "2025-2026").await.unwrap().unwrap();
+    assert!(
+        st.flags.contains(&"reading_conflict".to_string()),
+        "{:?}",
+        st.flags
+    );
+}
+
+#[tokio::test]
+async fn quarantine_rows_count_once_per_message_item() {
+    let (_d, store) = store().await;
+    let q = |item| Quarantined {
+        msg_key: "k1".into(),
+        item,
+        topic: "qn/v1/gw/gw-1/readings".into(),
+        gateway: Some("gw-1".into()),
+        reason: "negative".into(),
+        detail: "readings[0].e_wh: must not be negative".into(),
+        payload: "{}".into(),
+    };
+    let tx = IngestTx {
+        quarantine: vec![q(0), q(3)],
+        received: NOW,
+        ..Default::default()
+    };
+    assert_eq!(store.commit_ingest(&tx, mark).await.unwrap().quarantined, 2);
+    assert_eq!(store.commit_ingest(&tx, mark).await.unwrap().quarantined, 0);
+    assert_eq!(
+        store.quarantine_counts().await.unwrap(),
+        vec![("negative".to_string(), 2)]
+    );
+}
+
+#[tokio::test]
+async fn a_mark_made_during_a_recompute_survives_it() {
+    let (_d, store) = store().await;
+    recompute::drain(&store, &mut Engine::new(Policy::beijing_2018()), NOW)
+        .await
+        .unwrap();
+    store
+        .mark_dirty(&[("hh-1".into(), "2025-2026".into())])
+        .await
+        .unwrap();
+    let (hh, season, gen) = store.dirty(10).await.unwrap().remove(0);
+    // new readings arrive (a new mark) while the recompute of generation `gen` runs
+    store
+        .mark_dirty(&[(hh.clone(), season.clone())])
+        .await
+        .unwrap();
+    let st = StatementRow {
+        household: hh,
+        season,
+        offpeak_wh: 0,
+        subsidised_wh: 0,
+        cap_wh: 0,
+        cap_reached_on: None,
+        city_fen: 0,
+        district_fen: 0,
+        valley_charge_fen: 0,
+        nights_actual: 0,
+        nights_estimated: 0,
+        nights_missing: 0,
+        flags: vec![],
+    };
+    store.save_season(&st, &[], Some(gen), NOW).await.unwrap();
+    assert_eq!(
+        store.dirty(10).await.unwrap().len(),
+        1,
+        "the newer mark must survive"
+    );
+    let gen2 = store.dirty(10).await.unwrap()[0].2;
+    store.save_season(&st, &[], Some(gen2), NOW).await.unwrap();
+    assert!(store.dirty(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn recomputing_twice_changes_nothing() {
+    let (_d, store) = store().await;
+    let tx = IngestTx {
+        readings: vec![
+            r(NOV1_20 - 900, 900),
+            r(NOV1_20 + 900, 1_900),
+            r(NOV1_20 + 43_200, 31_000),
+        ],
+        received: NOW,
+        ..Default::default()
+    };
+    store.commit_ingest(&tx, mark).await.unwrap();
+    let mut engine = Engine::new(Policy::beijing_2018());
+    recompute::drain(&store, &mut engine, NOW).await.unwrap();
+    let first = (
+        store.statement("hh-1", "2025-2026").await.unwrap(),
+        store.nights("hh-1", "2025-2026").await.unwrap(),
+    );
+    store
+        .mark_dirty(&[("hh-1".into(), "2025-2026".into())])
+        .await
+        .unwrap();
+    assert_eq!(recompute::drain(&store, &mut engine, NOW).await.unwrap(), 1);
+    let second = (
+        store.statement("hh-1", "2025-2026").await.unwrap(),
+        store.nights("hh-1", "2025-2026").await.unwrap(),
+    );
+    assert_eq!(first, second);
+    // E(20:00) = 900 + 1000 * 900 / 1800 = 1400: the night is 29.600 kWh, estimated
+    let nov1 = first.1.iter().find(|n| n.night == "2025-11-01").unwrap();
+    assert_eq!((nov1.wh, nov1.quality.as_str()), (29_600, "estimated"));
+}
+
+#[tokio::test]
+async fn marks_of_unknown_households_and_bad_seasons_are_dropped() {
+    let (_d, store) = store().await;
+    store
+        .mark_dirty(&[
+            ("hh-gone".into(), "2025-2026".into()),
+            ("hh-1".into(), "2025-2027".into()),
+        ])
+        .await
+        .unwrap();
+    let mut engine = Engine::new(Policy::beijing_2018());
+    recompute::drain(&store, &mut engine, NOW).await.unwrap();
+    assert!(store.dirty(10).await.unwrap().is_empty());
+    assert!(store
+        .statement("hh-gone", "2025-2026")
+        .await
+        .unwrap()
+        .is_none());
+}
