@@ -90,6 +90,17 @@ async fn readings_published_by_a_gateway_arrive_in_the_statements() {
         (Some("1.58"), Some("4.75"))
     );
     assert_eq!(v["nights"]["actual"], 1);
+    // each household is recomputed in its own turn: wait for hh-0's too
+    wait_until(T, "hh-0's night", || async move {
+        let Some((200, body)) =
+            http_get(port, "/api/v1/households/hh-0/nights?season=2025-2026").await
+        else {
+            return false;
+        };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v[1]["kwh"] != "0.000"
+    })
+    .await;
     let (_, body) = http_get(port, "/api/v1/households/hh-0/nights?season=2025-2026")
         .await
         .unwrap();
@@ -124,6 +135,16 @@ async fn readings_published_by_a_gateway_arrive_in_the_statements() {
                 .as_deref()
                 == Some("online")
         }
+    })
+    .await;
+    // the running server's monitor follows the same commits: the operators' API shows
+    // the gateway's reported state and the batches it has seen
+    wait_until(T, "gateway online in the monitor API", || async move {
+        let Some((200, body)) = http_get(port, "/api/v1/gateways/gw-1").await else {
+            return false;
+        };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["reported_state"] == "online" && v["batches"].as_u64().unwrap_or(0) > 0
     })
     .await;
     assert_eq!(store.reading_counts().await.unwrap(), (3 * 721, 0));

@@ -83,7 +83,13 @@ impl FromStr for Season {
 
 impl fmt::Display for Night {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}-{:02}", self.0.year(), u8::from(self.0.month()), self.0.day())
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            self.0.year(),
+            u8::from(self.0.month()),
+            self.0.day()
+        )
     }
 }
 
@@ -102,9 +108,12 @@ impl FromStr for Night {
             part.parse().map_err(|_| NameError::Night)
         };
         let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let month = Month::try_from(u8::try_from(m).map_err(|_| NameError::Night)?).map_err(|_| NameError::Night)?;
+        let month = Month::try_from(u8::try_from(m).map_err(|_| NameError::Night)?)
+            .map_err(|_| NameError::Night)?;
         let day = u8::try_from(d).map_err(|_| NameError::Night)?;
-        Date::from_calendar_date(y, month, day).map(Night).map_err(|_| NameError::Night)
+        Date::from_calendar_date(y, month, day)
+            .map(Night)
+            .map_err(|_| NameError::Night)
     }
 }
 
@@ -140,24 +149,34 @@ impl Calendar {
 
     /// Local midnight at the start of `d`, UTC Unix seconds.
     pub fn local_midnight(&self, d: Date) -> UnixTime {
-        (i64::from(d.to_julian_day()) - UNIX_EPOCH_JULIAN) * SECS_PER_DAY - i64::from(self.policy.utc_offset_s)
+        (i64::from(d.to_julian_day()) - UNIX_EPOCH_JULIAN) * SECS_PER_DAY
+            - i64::from(self.policy.utc_offset_s)
     }
 
     /// The season an instant falls in, if any.
     pub fn season_of(&self, t: UnixTime) -> Option<Season> {
         let d = self.local_date(t);
-        let md = MonthDay { month: u8::from(d.month()), day: d.day() };
+        let md = MonthDay {
+            month: u8::from(d.month()),
+            day: d.day(),
+        };
         let (first, last) = (self.policy.season_first, self.policy.season_last);
         if last < first {
             if md >= first {
-                Some(Season { start_year: d.year() })
+                Some(Season {
+                    start_year: d.year(),
+                })
             } else if md <= last {
-                Some(Season { start_year: d.year() - 1 })
+                Some(Season {
+                    start_year: d.year() - 1,
+                })
             } else {
                 None
             }
         } else if md >= first && md <= last {
-            Some(Season { start_year: d.year() })
+            Some(Season {
+                start_year: d.year(),
+            })
         } else {
             None
         }
@@ -166,7 +185,11 @@ impl Calendar {
     /// `[start, end)` of a season, UTC Unix seconds.
     pub fn season_span(&self, s: Season) -> (UnixTime, UnixTime) {
         let (first, last) = (self.policy.season_first, self.policy.season_last);
-        let end_year = if last < first { s.start_year + 1 } else { s.start_year };
+        let end_year = if last < first {
+            s.start_year + 1
+        } else {
+            s.start_year
+        };
         let start = self.local_midnight(month_day_in(s.start_year, first));
         let end = self.local_midnight(month_day_in(end_year, last)) + SECS_PER_DAY;
         (start, end)
@@ -228,7 +251,11 @@ impl Calendar {
     /// for Beijing) to the last (Mar 31).
     pub fn nights(&self, s: Season) -> impl Iterator<Item = Night> + '_ {
         let (start, end) = self.season_span(s);
-        let first = Night(self.local_date(start).previous_day().unwrap_or(self.local_date(start)));
+        let first = Night(
+            self.local_date(start)
+                .previous_day()
+                .unwrap_or(self.local_date(start)),
+        );
         let last = self.local_date(end - 1);
         let mut cur = Some(first);
         core::iter::from_fn(move || loop {
@@ -245,8 +272,18 @@ impl Calendar {
 
     /// The boundaries `b` with `from <= b < to`, in increasing order.
     pub fn boundaries(&self, from: UnixTime, to: UnixTime) -> Boundaries<'_> {
-        let first = self.local_date(from).previous_day().unwrap_or(self.local_date(from));
-        Boundaries { cal: self, next: Some(Night(first)), last: self.local_date(to), from, to, pending: None }
+        let first = self
+            .local_date(from)
+            .previous_day()
+            .unwrap_or(self.local_date(from));
+        Boundaries {
+            cal: self,
+            next: Some(Night(first)),
+            last: self.local_date(to),
+            from,
+            to,
+            pending: None,
+        }
     }
 
     /// The first boundary strictly after `t`.
@@ -285,9 +322,17 @@ impl Iterator for Boundaries<'_> {
             }
             self.next = n.0.next_day().map(Night);
             if let Some((a, b)) = self.cal.night_span(n) {
-                self.pending = Some(Boundary { t: b, kind: BoundaryKind::Close, night: n });
+                self.pending = Some(Boundary {
+                    t: b,
+                    kind: BoundaryKind::Close,
+                    night: n,
+                });
                 if a >= self.from && a < self.to {
-                    return Some(Boundary { t: a, kind: BoundaryKind::Open, night: n });
+                    return Some(Boundary {
+                        t: a,
+                        kind: BoundaryKind::Open,
+                        night: n,
+                    });
                 }
             }
         }

@@ -60,7 +60,11 @@ pub struct ScaledClock {
 impl ScaledClock {
     /// A clock reading `start_ms` (UTC Unix ms) now and running `speed` (≥ 1) times faster.
     pub fn new(start_ms: i64, speed: u32) -> Self {
-        Self { start_ms, speed: speed.max(1), origin: Instant::now() }
+        Self {
+            start_ms,
+            speed: speed.max(1),
+            origin: Instant::now(),
+        }
     }
 
     /// The speed-up factor.
@@ -75,7 +79,9 @@ impl ScaledClock {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or(ClockSpecError::Malformed)?;
             match k.trim() {
-                "start" => start = Some(v.trim().parse::<i64>().map_err(|_| ClockSpecError::Start)?),
+                "start" => {
+                    start = Some(v.trim().parse::<i64>().map_err(|_| ClockSpecError::Start)?)
+                }
                 "speed" => speed = v.trim().parse::<u32>().map_err(|_| ClockSpecError::Speed)?,
                 _ => return Err(ClockSpecError::UnknownKey),
             }
@@ -105,7 +111,8 @@ pub enum ClockSpecError {
 impl Clock for ScaledClock {
     fn now_ms(&self) -> i64 {
         let real = i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.start_ms.saturating_add(real.saturating_mul(i64::from(self.speed)))
+        self.start_ms
+            .saturating_add(real.saturating_mul(i64::from(self.speed)))
     }
 
     fn real_until(&self, t_ms: i64) -> Duration {
@@ -133,13 +140,25 @@ mod tests {
         assert!((1_700_000_000_000..1_700_000_000_000 + 3_600_000).contains(&t0));
         // one simulated hour is one real second at 3600x
         let real = c.real_for(Duration::from_secs(3600));
-        assert!(real <= Duration::from_secs(1) && real > Duration::from_millis(900), "{real:?}");
+        assert!(
+            real <= Duration::from_secs(1) && real > Duration::from_millis(900),
+            "{real:?}"
+        );
     }
 
     #[test]
     fn bad_specs_name_the_problem() {
-        assert_eq!(ScaledClock::parse("speed=2").unwrap_err(), ClockSpecError::Start);
-        assert_eq!(ScaledClock::parse("start=1,speed=x").unwrap_err(), ClockSpecError::Speed);
-        assert_eq!(ScaledClock::parse("start=1,foo=2").unwrap_err(), ClockSpecError::UnknownKey);
+        assert_eq!(
+            ScaledClock::parse("speed=2").unwrap_err(),
+            ClockSpecError::Start
+        );
+        assert_eq!(
+            ScaledClock::parse("start=1,speed=x").unwrap_err(),
+            ClockSpecError::Speed
+        );
+        assert_eq!(
+            ScaledClock::parse("start=1,foo=2").unwrap_err(),
+            ClockSpecError::UnknownKey
+        );
     }
 }

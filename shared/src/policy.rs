@@ -91,7 +91,9 @@ impl Policy {
 
     /// Checks the figures that the calendar relies on.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let md_ok = |m: MonthDay| (1..=12).contains(&m.month) && (1..=days_in_month_max(m.month)).contains(&m.day);
+        let md_ok = |m: MonthDay| {
+            (1..=12).contains(&m.month) && (1..=days_in_month_max(m.month)).contains(&m.day)
+        };
         if !md_ok(self.season_first) {
             return Err(PolicyError::new("season.first_day", "not a valid MM-DD"));
         }
@@ -105,16 +107,28 @@ impl Policy {
             return Err(PolicyError::new("offpeak.end", "not a valid HH:MM"));
         }
         if self.offpeak_start_min == self.offpeak_end_min {
-            return Err(PolicyError::new("offpeak.end", "equals offpeak.start: the window would be empty or the whole day"));
+            return Err(PolicyError::new(
+                "offpeak.end",
+                "equals offpeak.start: the window would be empty or the whole day",
+            ));
         }
         if !(-14 * 3600..=14 * 3600).contains(&self.utc_offset_s) {
-            return Err(PolicyError::new("calendar.utc_offset", "outside -14:00..+14:00"));
+            return Err(PolicyError::new(
+                "calendar.utc_offset",
+                "outside -14:00..+14:00",
+            ));
         }
         for (key, v) in [
             ("offpeak.price_fen_per_kwh", self.price_fen_per_kwh),
             ("offpeak.subsidy.city_fen_per_kwh", self.city_fen_per_kwh),
-            ("offpeak.subsidy.district_fen_per_kwh", self.district_fen_per_kwh),
-            ("offpeak.subsidy.cap_wh_per_household_per_season", self.cap.0),
+            (
+                "offpeak.subsidy.district_fen_per_kwh",
+                self.district_fen_per_kwh,
+            ),
+            (
+                "offpeak.subsidy.cap_wh_per_household_per_season",
+                self.cap.0,
+            ),
         ] {
             if v < 0 {
                 return Err(PolicyError::new(key, "must not be negative"));
@@ -173,7 +187,10 @@ pub struct PolicyError {
 
 impl PolicyError {
     fn new(key: &'static str, message: &str) -> Self {
-        Self { key, message: message.into() }
+        Self {
+            key,
+            message: message.into(),
+        }
     }
 }
 
@@ -230,13 +247,22 @@ mod file {
     }
 
     fn month_day(key: &'static str, s: &str) -> Result<MonthDay, PolicyError> {
-        let bad = || PolicyError { key, message: format!("{s:?} is not MM-DD") };
+        let bad = || PolicyError {
+            key,
+            message: format!("{s:?} is not MM-DD"),
+        };
         let (m, d) = s.split_once('-').ok_or_else(bad)?;
-        Ok(MonthDay { month: m.parse().map_err(|_| bad())?, day: d.parse().map_err(|_| bad())? })
+        Ok(MonthDay {
+            month: m.parse().map_err(|_| bad())?,
+            day: d.parse().map_err(|_| bad())?,
+        })
     }
 
     fn minutes(key: &'static str, s: &str) -> Result<u16, PolicyError> {
-        let bad = || PolicyError { key, message: format!("{s:?} is not HH:MM") };
+        let bad = || PolicyError {
+            key,
+            message: format!("{s:?} is not HH:MM"),
+        };
         let (h, m) = s.split_once(':').ok_or_else(bad)?;
         let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
         if h >= 24 || m >= 60 {
@@ -246,7 +272,10 @@ mod file {
     }
 
     fn offset(s: &str) -> Result<i32, PolicyError> {
-        let bad = || PolicyError { key: "calendar.utc_offset", message: format!("{s:?} is not ±HH:MM") };
+        let bad = || PolicyError {
+            key: "calendar.utc_offset",
+            message: format!("{s:?} is not ±HH:MM"),
+        };
         let (sign, rest) = match s.as_bytes().first() {
             Some(b'+') => (1, &s[1..]),
             Some(b'-') => (-1, &s[1..]),
@@ -261,7 +290,9 @@ mod file {
         /// `computation` (equipment, gas, …) are ignored; a missing section keeps Beijing 2018's.
         pub fn from_toml_str(text: &str) -> Result<Self, PolicyError> {
             let f: File = toml::from_str(text).map_err(|e| {
-                let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
                 PolicyError {
                     key: "(file)",
                     message: match line {
@@ -288,7 +319,9 @@ mod file {
                     Some(other) => {
                         return Err(PolicyError {
                             key: "offpeak.energy_source",
-                            message: format!("{other:?}: expected \"total_register\" or \"valley_register\""),
+                            message: format!(
+                                "{other:?}: expected \"total_register\" or \"valley_register\""
+                            ),
                         })
                     }
                 };
@@ -315,7 +348,10 @@ mod file {
 
         #[test]
         fn the_built_in_file_is_beijing_2018() {
-            assert_eq!(Policy::from_toml_str(BEIJING_2018_TOML).unwrap(), Policy::beijing_2018());
+            assert_eq!(
+                Policy::from_toml_str(BEIJING_2018_TOML).unwrap(),
+                Policy::beijing_2018()
+            );
         }
 
         #[test]
@@ -323,8 +359,12 @@ mod file {
             let t = BEIJING_2018_TOML.replace("start = \"20:00\"", "start = \"25:00\"");
             assert_eq!(Policy::from_toml_str(&t).unwrap_err().key, "offpeak.start");
             let t = BEIJING_2018_TOML.replace("\"03-31\"", "\"13-31\"");
-            assert_eq!(Policy::from_toml_str(&t).unwrap_err().key, "season.last_day");
-            let t = BEIJING_2018_TOML.replace("price_fen_per_kwh = 30", "price_fen_per_kwh = \"x\"");
+            assert_eq!(
+                Policy::from_toml_str(&t).unwrap_err().key,
+                "season.last_day"
+            );
+            let t =
+                BEIJING_2018_TOML.replace("price_fen_per_kwh = 30", "price_fen_per_kwh = \"x\"");
             let e = Policy::from_toml_str(&t).unwrap_err();
             assert!(e.message.starts_with("line 15:"), "{e}");
         }
@@ -333,7 +373,10 @@ mod file {
         fn valley_register_source_and_thresholds_parse() {
             let t = format!(
                 "{}\n[computation]\nmax_gap_s = 3600\n",
-                BEIJING_2018_TOML.replace("price_fen_per_kwh = 30", "price_fen_per_kwh = 30\nenergy_source = \"valley_register\"")
+                BEIJING_2018_TOML.replace(
+                    "price_fen_per_kwh = 30",
+                    "price_fen_per_kwh = 30\nenergy_source = \"valley_register\""
+                )
             );
             let p = Policy::from_toml_str(&t).unwrap();
             assert_eq!(p.energy_source, EnergySource::ValleyRegister);

@@ -103,7 +103,16 @@ pub struct Status {
 impl Status {
     /// The last-will form: `{"v":1,"gw":…,"state":"offline"}`.
     pub fn offline(gw: GatewayId) -> Self {
-        Self { v: VERSION, gw, state: GatewayState::Offline, ts: None, version: None, meters: None, spool_records: None, spool_dropped: None }
+        Self {
+            v: VERSION,
+            gw,
+            state: GatewayState::Offline,
+            ts: None,
+            version: None,
+            meters: None,
+            spool_records: None,
+            spool_dropped: None,
+        }
     }
 }
 
@@ -184,7 +193,11 @@ impl fmt::Display for WireError {
 impl core::error::Error for WireError {}
 
 const fn err(field: &'static str, problem: Problem) -> WireError {
-    WireError { index: None, field, problem }
+    WireError {
+        index: None,
+        field,
+        problem,
+    }
 }
 
 /// 2000-01-01T00:00:00Z .. 2200-01-01T00:00:00Z
@@ -236,7 +249,10 @@ impl ReadingsBatch {
     pub fn validate(&self, topic_gw: &GatewayId) -> Result<(), WireError> {
         self.validate_envelope(topic_gw)?;
         for (i, r) in self.readings.iter().enumerate() {
-            r.validate().map_err(|e| WireError { index: Some(i), ..e })?;
+            r.validate().map_err(|e| WireError {
+                index: Some(i),
+                ..e
+            })?;
         }
         Ok(())
     }
@@ -318,7 +334,10 @@ mod tests {
         assert_eq!(b.validate(&gw()), Ok(()));
         // and serialises without absent fields
         let back = serde_json::to_string(&b.readings[1]).unwrap();
-        assert_eq!(back, r#"{"meter":"123456781013","ts":1764331203,"err":"timeout"}"#);
+        assert_eq!(
+            back,
+            r#"{"meter":"123456781013","ts":1764331203,"err":"timeout"}"#
+        );
     }
 
     #[test]
@@ -326,19 +345,30 @@ mod tests {
         let mut b: ReadingsBatch = serde_json::from_str(EXAMPLE).unwrap();
         b.readings[1].e_wh = Some(5);
         let e = b.validate(&gw()).unwrap_err();
-        assert_eq!(e.to_string(), "readings[1].err: a reading has either e_wh or err, not both");
+        assert_eq!(
+            e.to_string(),
+            "readings[1].err: a reading has either e_wh or err, not both"
+        );
         b.readings[1].err = None;
         b.readings[1].e_wh = Some(-5);
-        assert_eq!(b.validate(&gw()).unwrap_err().to_string(), "readings[1].e_wh: must not be negative");
+        assert_eq!(
+            b.validate(&gw()).unwrap_err().to_string(),
+            "readings[1].e_wh: must not be negative"
+        );
         let other = GatewayId::new("gw-0002").unwrap();
         assert_eq!(b.validate(&other).unwrap_err().field, "gw");
         b.v = 2;
-        assert_eq!(b.validate(&gw()).unwrap_err().problem, Problem::UnsupportedVersion);
+        assert_eq!(
+            b.validate(&gw()).unwrap_err().problem,
+            Problem::UnsupportedVersion
+        );
     }
 
     #[test]
     fn bad_ids_fail_deserialisation_with_the_reason() {
-        let e = serde_json::from_str::<Reading>(r#"{"meter":"bad meter","ts":1764331200,"e_wh":1}"#).unwrap_err();
+        let e =
+            serde_json::from_str::<Reading>(r#"{"meter":"bad meter","ts":1764331200,"e_wh":1}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("has a character outside"), "{e}");
     }
 
@@ -357,8 +387,14 @@ mod tests {
 
     #[test]
     fn topics() {
-        assert_eq!(topic(&gw(), TopicKind::Readings).as_str(), "qn/v1/gw/gw-0001/readings");
-        assert_eq!(parse_topic("qn/v1/gw/gw-0001/status"), Ok((gw(), TopicKind::Status)));
+        assert_eq!(
+            topic(&gw(), TopicKind::Readings).as_str(),
+            "qn/v1/gw/gw-0001/readings"
+        );
+        assert_eq!(
+            parse_topic("qn/v1/gw/gw-0001/status"),
+            Ok((gw(), TopicKind::Status))
+        );
         assert!(parse_topic("qn/v1/gw/GW/status").is_err());
         assert!(parse_topic("qn/v1/gw/gw-1/other").is_err());
         assert!(parse_topic("qn/v2/gw/gw-1/status").is_err());

@@ -65,7 +65,9 @@ pub struct SimHousehold {
 impl SimHousehold {
     /// Power drawn at `t`, W.
     pub fn power_w(&self, t: UnixTime) -> i64 {
-        let Some(h) = self.hour_index(t) else { return 0 };
+        let Some(h) = self.hour_index(t) else {
+            return 0;
+        };
         let in_cycle = (t - self.epoch).rem_euclid(CYCLE_S);
         if in_cycle < self.duty[h] * CYCLE_S / 1000 {
             self.p_on_w
@@ -77,7 +79,11 @@ impl SimHousehold {
     /// True energy drawn since `epoch`, mWh (exact).
     pub fn energy_mwh(&self, t: UnixTime) -> i64 {
         let Some(h) = self.hour_index(t) else {
-            return if t < self.epoch { 0 } else { self.hour_mwh.last().copied().unwrap_or(0) };
+            return if t < self.epoch {
+                0
+            } else {
+                self.hour_mwh.last().copied().unwrap_or(0)
+            };
         };
         let hour_start = self.epoch + 3600 * h as i64;
         let mut e = self.hour_mwh[h];
@@ -100,7 +106,9 @@ impl SimHousehold {
     /// energy drawn inside the daily window since `epoch`, floored to 10 Wh.
     pub fn valley_register_wh(&self, cal: &Calendar, t: UnixTime) -> i64 {
         let mut total = 0i64;
-        let mut n = cal.window_night(self.epoch).unwrap_or(Night(cal.local_date(self.epoch)));
+        let mut n = cal
+            .window_night(self.epoch)
+            .unwrap_or(Night(cal.local_date(self.epoch)));
         loop {
             let (a, b) = cal.window(n);
             if a >= t {
@@ -118,7 +126,8 @@ impl SimHousehold {
 
     /// True subsidised energy of `night` (window clipped to the season), exact mWh.
     pub fn true_night_mwh(&self, cal: &Calendar, night: Night) -> i64 {
-        cal.night_span(night).map_or(0, |(a, b)| self.energy_mwh(b) - self.energy_mwh(a))
+        cal.night_span(night)
+            .map_or(0, |(a, b)| self.energy_mwh(b) - self.energy_mwh(a))
     }
 
     /// True subsidised energy of `night`, rounded down to Wh.
@@ -189,7 +198,10 @@ impl Fleet {
                 hour_mwh.push(acc);
                 SimHousehold {
                     id: format!("hh-{:04}", i + 1),
-                    meter: format!("{:012}", 100_000_000_000u64 + 1000 * (i as u64 + 1) + (mix(seed ^ 3) % 1000)),
+                    meter: format!(
+                        "{:012}",
+                        100_000_000_000u64 + 1000 * (i as u64 + 1) + (mix(seed ^ 3) % 1000)
+                    ),
                     gateway: format!("gw-{:04}", i % gateways + 1),
                     place: PLACES[(i % gateways) % PLACES.len()],
                     area_m2,
@@ -202,7 +214,10 @@ impl Fleet {
                 }
             })
             .collect();
-        Self { households, calendar }
+        Self {
+            households,
+            calendar,
+        }
     }
 
     /// The registry CSV of CONTRACT.md for this fleet, every meter valid from `from`
@@ -239,12 +254,23 @@ pub fn temperature_dc(cal: &Calendar, fleet_seed: u64, t: UnixTime) -> i64 {
     let seasonal = -50 + from_jan15 * 130 / 75; // -5.0 °C .. +8.0 °C at ±75 days
     let local_s = (t + i64::from(cal.policy().utc_offset_s)).rem_euclid(86_400);
     let hour = local_s / 3600;
-    let diurnal = if (4..=14).contains(&hour) { -30 + (hour - 4) * 6 } else { 30 - ((hour + 24 - 14) % 24) * 60 / 14 };
+    let diurnal = if (4..=14).contains(&hour) {
+        -30 + (hour - 4) * 6
+    } else {
+        30 - ((hour + 24 - 14) % 24) * 60 / 14
+    };
     let weather = (mix(fleet_seed ^ (i64::from(date.to_julian_day()) as u64)) % 61) as i64 - 30;
     seasonal + diurnal + weather
 }
 
-fn duty_permille(cal: &Calendar, fleet_seed: u64, hh_seed: u64, area_m2: i64, p_on_w: i64, t: UnixTime) -> i64 {
+fn duty_permille(
+    cal: &Calendar,
+    fleet_seed: u64,
+    hh_seed: u64,
+    area_m2: i64,
+    p_on_w: i64,
+    t: UnixTime,
+) -> i64 {
     let temp_dc = temperature_dc(cal, fleet_seed, t);
     // Heat loss 1.5 W/(m²·K) to 18 °C, COP 2.5: electric demand in W.
     let demand_w = (area_m2 * 15 * (180 - temp_dc).max(0) / 100) * 10 / 25;
@@ -263,21 +289,38 @@ mod tests {
     fn fleet() -> Fleet {
         let cal = Calendar::new(Policy::beijing_2018());
         let epoch = cal.local_midnight("2025-10-30".parse::<Night>().unwrap().0);
-        Fleet::new(&FleetSpec { seed: 7, households: 5, gateways: 2, epoch, days: 160 }, cal)
+        Fleet::new(
+            &FleetSpec {
+                seed: 7,
+                households: 5,
+                gateways: 2,
+                epoch,
+                days: 160,
+            },
+            cal,
+        )
     }
 
     #[test]
     fn energy_is_the_integral_of_power() {
         let f = fleet();
         let h = &f.households[0];
-        let t0 = f.calendar.local_midnight("2025-12-10".parse::<Night>().unwrap().0) + 20 * 3600;
+        let t0 = f
+            .calendar
+            .local_midnight("2025-12-10".parse::<Night>().unwrap().0)
+            + 20 * 3600;
         // Integrate power second by second over 3 hours and compare with the closed form.
         let mut mj = 0i64; // W·s
         for t in t0..t0 + 3 * 3600 {
             mj += h.power_w(t);
         }
         let closed = h.energy_mwh(t0 + 3 * 3600) - h.energy_mwh(t0);
-        assert!((mj * 1000 / 3600 - closed).abs() <= 3 * 3 * 2, "{} vs {}", mj * 1000 / 3600, closed);
+        assert!(
+            (mj * 1000 / 3600 - closed).abs() <= 3 * 3 * 2,
+            "{} vs {}",
+            mj * 1000 / 3600,
+            closed
+        );
         assert!(closed > 0);
     }
 
@@ -299,10 +342,29 @@ mod tests {
     fn cold_nights_draw_more_than_mild_ones() {
         let f = fleet();
         let cal = &f.calendar;
-        let jan: i64 = f.households.iter().map(|h| h.true_night_wh(cal, "2026-01-15".parse().unwrap()).0).sum();
-        let nov: i64 = f.households.iter().map(|h| h.true_night_wh(cal, "2025-11-02".parse().unwrap()).0).sum();
+        let jan: i64 = f
+            .households
+            .iter()
+            .map(|h| h.true_night_wh(cal, "2026-01-15".parse().unwrap()).0)
+            .sum();
+        let nov: i64 = f
+            .households
+            .iter()
+            .map(|h| h.true_night_wh(cal, "2025-11-02".parse().unwrap()).0)
+            .sum();
         assert!(jan > nov, "jan {jan} nov {nov}");
-        assert_eq!(f.households.iter().filter(|h| h.gateway == "gw-0002").count(), 2);
-        assert!(f.registry_csv("2025-10-01").lines().nth(1).unwrap().starts_with("hh-0001,怀柔区,雁栖镇,下辛庄村,"));
+        assert_eq!(
+            f.households
+                .iter()
+                .filter(|h| h.gateway == "gw-0002")
+                .count(),
+            2
+        );
+        assert!(f
+            .registry_csv("2025-10-01")
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("hh-0001,怀柔区,雁栖镇,下辛庄村,"));
     }
 }

@@ -31,7 +31,13 @@ fn seasons_and_their_names() {
     assert_eq!(s.to_string(), "2025-2026");
     assert!("2025-2027".parse::<Season>().is_err());
     assert!("25-26".parse::<Season>().is_err());
-    assert_eq!(CAL.season_span(s), (at(date!(2025 - 11 - 01), 0, 0), at(date!(2026 - 04 - 01), 0, 0)));
+    assert_eq!(
+        CAL.season_span(s),
+        (
+            at(date!(2025 - 11 - 01), 0, 0),
+            at(date!(2026 - 04 - 01), 0, 0)
+        )
+    );
     assert_eq!(CAL.season_of(at(date!(2025 - 11 - 01), 0, 0)), Some(s));
     assert_eq!(CAL.season_of(at(date!(2025 - 10 - 31), 23, 59)), None);
     assert_eq!(CAL.season_of(at(date!(2026 - 03 - 31), 23, 59)), Some(s));
@@ -42,7 +48,13 @@ fn seasons_and_their_names() {
 #[test]
 fn night_labelled_oct_31_contributes_only_nov_1_morning() {
     let n = night("2025-10-31");
-    assert_eq!(CAL.night_span(n), Some((at(date!(2025 - 11 - 01), 0, 0), at(date!(2025 - 11 - 01), 8, 0))));
+    assert_eq!(
+        CAL.night_span(n),
+        Some((
+            at(date!(2025 - 11 - 01), 0, 0),
+            at(date!(2025 - 11 - 01), 8, 0)
+        ))
+    );
     assert_eq!(CAL.night_of(at(date!(2025 - 10 - 31), 21, 0)), None);
     assert_eq!(CAL.night_of(at(date!(2025 - 11 - 01), 3, 0)), Some(n));
     assert!(CAL.in_window(at(date!(2025 - 10 - 31), 21, 0)));
@@ -51,7 +63,13 @@ fn night_labelled_oct_31_contributes_only_nov_1_morning() {
 #[test]
 fn night_labelled_mar_31_contributes_only_until_midnight() {
     let n = night("2026-03-31");
-    assert_eq!(CAL.night_span(n), Some((at(date!(2026 - 03 - 31), 20, 0), at(date!(2026 - 04 - 01), 0, 0))));
+    assert_eq!(
+        CAL.night_span(n),
+        Some((
+            at(date!(2026 - 03 - 31), 20, 0),
+            at(date!(2026 - 04 - 01), 0, 0)
+        ))
+    );
     assert_eq!(CAL.night_of(at(date!(2026 - 04 - 01), 1, 0)), None);
     assert_eq!(CAL.night_span(night("2026-04-01")), None);
     assert_eq!(CAL.night_span(night("2025-10-30")), None);
@@ -60,7 +78,13 @@ fn night_labelled_mar_31_contributes_only_until_midnight() {
 #[test]
 fn a_night_runs_from_eight_in_the_evening_to_eight_in_the_morning() {
     let n = night("2025-12-10");
-    assert_eq!(CAL.night_span(n), Some((at(date!(2025 - 12 - 10), 20, 0), at(date!(2025 - 12 - 11), 8, 0))));
+    assert_eq!(
+        CAL.night_span(n),
+        Some((
+            at(date!(2025 - 12 - 10), 20, 0),
+            at(date!(2025 - 12 - 11), 8, 0)
+        ))
+    );
     assert_eq!(CAL.night_of(at(date!(2025 - 12 - 10), 19, 59)), None);
     assert_eq!(CAL.night_of(at(date!(2025 - 12 - 10), 20, 0)), Some(n));
     assert_eq!(CAL.night_of(at(date!(2025 - 12 - 11), 7, 59)), Some(n));
@@ -78,26 +102,50 @@ fn season_nights_are_counted_with_the_leap_day() {
     assert_eq!(nights.first().copied(), Some(night("2027-10-31")));
     assert_eq!(nights.last().copied(), Some(night("2028-03-31")));
     assert!(nights.contains(&night("2028-02-29")));
-    assert_eq!(CAL.season_of(at(date!(2028 - 02 - 29), 22, 0)), Some(Season { start_year: 2027 }));
+    assert_eq!(
+        CAL.season_of(at(date!(2028 - 02 - 29), 22, 0)),
+        Some(Season { start_year: 2027 })
+    );
 }
 
 #[test]
 fn boundaries_of_a_season_edge() {
     let from = at(date!(2025 - 10 - 31), 0, 0);
     let to = at(date!(2025 - 11 - 02), 12, 0);
-    let got: Vec<(UnixTime, BoundaryKind, String)> =
-        CAL.boundaries(from, to).map(|b| (b.t, b.kind, b.night.to_string())).collect();
+    let got: Vec<(UnixTime, BoundaryKind, String)> = CAL
+        .boundaries(from, to)
+        .map(|b| (b.t, b.kind, b.night.to_string()))
+        .collect();
     assert_eq!(
         got,
         vec![
-            (at(date!(2025 - 11 - 01), 0, 0), BoundaryKind::Open, "2025-10-31".into()),
-            (at(date!(2025 - 11 - 01), 8, 0), BoundaryKind::Close, "2025-10-31".into()),
-            (at(date!(2025 - 11 - 01), 20, 0), BoundaryKind::Open, "2025-11-01".into()),
-            (at(date!(2025 - 11 - 02), 8, 0), BoundaryKind::Close, "2025-11-01".into()),
+            (
+                at(date!(2025 - 11 - 01), 0, 0),
+                BoundaryKind::Open,
+                "2025-10-31".into()
+            ),
+            (
+                at(date!(2025 - 11 - 01), 8, 0),
+                BoundaryKind::Close,
+                "2025-10-31".into()
+            ),
+            (
+                at(date!(2025 - 11 - 01), 20, 0),
+                BoundaryKind::Open,
+                "2025-11-01".into()
+            ),
+            (
+                at(date!(2025 - 11 - 02), 8, 0),
+                BoundaryKind::Close,
+                "2025-11-01".into()
+            ),
         ]
     );
     let end: Vec<_> = CAL
-        .boundaries(at(date!(2026 - 03 - 31), 0, 0), at(date!(2026 - 04 - 02), 0, 0))
+        .boundaries(
+            at(date!(2026 - 03 - 31), 0, 0),
+            at(date!(2026 - 04 - 02), 0, 0),
+        )
         .map(|b| (b.t, b.kind))
         .collect();
     assert_eq!(
@@ -108,7 +156,11 @@ fn boundaries_of_a_season_edge() {
             (at(date!(2026 - 04 - 01), 0, 0), BoundaryKind::Close),
         ]
     );
-    assert_eq!(CAL.next_boundary(at(date!(2026 - 04 - 01), 0, 0)).map(|b| b.t), Some(at(date!(2026 - 11 - 01), 0, 0)));
+    assert_eq!(
+        CAL.next_boundary(at(date!(2026 - 04 - 01), 0, 0))
+            .map(|b| b.t),
+        Some(at(date!(2026 - 11 - 01), 0, 0))
+    );
 }
 
 #[test]
