@@ -32,10 +32,11 @@ fn config_errors_name_key_and_line() {
         err.contains("bad.toml: line 6") && err.contains("qos"),
         "{err}"
     );
-    // plain `--config` and `run --config` are the same command
+    // plain `--config` and `run --config` are the same command (without `[mqtt] url` the
+    // embedded broker serves, and it refuses to listen beyond loopback)
     std::fs::write(
         dir.path().join("nobroker.toml"),
-        "[store]\nurl = \"sqlite://./x.db\"\n",
+        "[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n\n[store]\nurl = \"sqlite://./x.db\"\n",
     )
     .unwrap();
     for args in [
@@ -45,7 +46,7 @@ fn config_errors_name_key_and_line() {
         let (ok, _, err) = run(args, dir.path());
         assert!(!ok);
         assert!(
-            err.contains("mqtt.url") && err.contains("embedded broker"),
+            err.contains("mqtt.embedded_listen") && err.contains("embedded broker"),
             "{err}"
         );
     }

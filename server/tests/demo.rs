@@ -1,7 +1,8 @@
 //! `qingnuan-server demo` as a newcomer runs it: the binary, nothing installed, for a
 //! bounded time at 3600× — gateways come online, readings flow (and an external
 //! `mosquitto_sub` sees them on the embedded broker), two nights close with figures equal
-//! to the fleet's truth, Ctrl-C stops it cleanly, and a second run resumes.
+//! to the fleet's truth, the injected faults raise their alarms, Ctrl-C stops it cleanly,
+//! and a second run resumes. Also `run` without `[mqtt] url` on its embedded broker.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -256,6 +257,26 @@ fn the_demo_runs_a_village_whose_nights_match_the_truth() {
         assert_eq!(status, 200, "{}: {st}", h.id);
         assert!(wh_of(&st["offpeak_kwh"]) >= total, "{}: {st}", h.id);
     }
+
+    // The injected faults raised their alarms: the first night's uplink cut of gw-0001,
+    // and the first day's silent meter (both also announced on standard output).
+    let cut = demo.wait_line("loses its uplink", Duration::from_secs(1));
+    assert!(cut.contains("gw-0001"), "{cut}");
+    let silent = demo.wait_line("stops answering", Duration::from_secs(1));
+    let meter = silent
+        .split_whitespace()
+        .skip_while(|w| *w != "meter")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{silent}"));
+    let (status, alarms) = get(api, "/api/v1/alarms?state=all");
+    assert_eq!(status, 200, "{alarms}");
+    let raised = |kind: &str, key: &str, id: &str| {
+        alarms
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["kind"] == kind && x[key] == id))
+    };
+    assert!(raised("gateway_offline", "gateway", "gw-0001"), "{alarms}");
+    assert!(raised("meter_silent", "meter", meter), "{meter}: {alarms}");
 
     demo.interrupt();
     assert!(demo
