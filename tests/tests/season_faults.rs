@@ -302,6 +302,27 @@ async fn a_december_of_faults_still_pays_exactly() -> anyhow::Result<()> {
         .flatten()
         .filter_map(|a| a.get("kind").and_then(Value::as_str).map(String::from))
         .collect();
+    // The operators see what happened: the monitor raised an alarm for each fault it watches.
+    let raised = |kind: &str, field: &str, who: &str| {
+        alarms
+            .as_array()
+            .or_else(|| alarms.get("alarms").and_then(Value::as_array))
+            .into_iter()
+            .flatten()
+            .any(|a| a["kind"] == kind && a[field] == who)
+    };
+    assert!(
+        raised("meter_silent", "meter", &silent_meter),
+        "no meter_silent alarm for {silent_meter}: {kinds:?}"
+    );
+    assert!(
+        raised("meter_clock", "meter", &fast_meter),
+        "no meter_clock alarm for {fast_meter}: {kinds:?}"
+    );
+    assert!(
+        raised("gateway_offline", "gateway", "gw-0003"),
+        "no gateway_offline alarm for gw-0003: {kinds:?}"
+    );
     eprintln!(
         "faults: nights {counts:?} (not actual: {not_actual:?}); repeats {repeats}; agent killed at {killed_at} (boundary {b}); alarms {kinds:?}; {:?} real; gw3 {gw3:?}",
         real.elapsed()
