@@ -78,6 +78,16 @@ impl Store {
             // One connection, or each would see its own empty in-memory database.
             opts = opts.shared_cache(true);
         }
+        if !memory {
+            // Switching a new file to WAL needs an exclusive lock, and SQLite does not
+            // wait for it: do it once on a lone connection before the pool opens several
+            // at once (WAL mode is then stored in the file, and later switches are no-ops).
+            use sqlx::Connection;
+            sqlx::SqliteConnection::connect_with(&opts)
+                .await?
+                .close()
+                .await?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(1)
