@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh machine: installs the real
-# parts the tests start (Mosquitto, socat, Chromium) when missing, then fmt, clippy and tests.
+# parts the tests start (Mosquitto, socat, Chromium, VictoriaMetrics) when missing, then fmt, clippy and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -d /usr/share/fonts/truetype/wqy ] || missing+=(fonts-wqy-zenhei)
+# The InfluxDB 2 sink is tested against VictoriaMetrics' /api/v2/write.
+command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   sudo_=""

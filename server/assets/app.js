@@ -25,7 +25,7 @@ const STR = {
     none: "无", device: "设备", back_overview: "总览",
     k_gateway_offline: "网关离线", k_meter_silent: "电表无响应", k_no_consumption: "连续无谷电用电",
     k_cap_near: "接近补贴上限", k_tou_mismatch: "分时时段不符", k_meter_clock: "电表时钟偏差",
-    k_readings_rejected: "读数被剔除", k_gateway_clock: "网关时钟偏差",
+    k_readings_rejected: "读数被剔除", k_gateway_clock: "网关时钟偏差", k_spoofed_reading: "冒用电表读数",
   },
   en: {
     title: "Qingnuan · clean-heating monitor", nav_overview: "Overview", nav_alarms: "Alarms", refresh: "Refresh",
@@ -50,10 +50,10 @@ const STR = {
     back_overview: "Overview",
     k_gateway_offline: "Gateway offline", k_meter_silent: "Meter silent", k_no_consumption: "No off-peak consumption",
     k_cap_near: "Cap nearly reached", k_tou_mismatch: "TOU table mismatch", k_meter_clock: "Meter clock off",
-    k_readings_rejected: "Readings rejected", k_gateway_clock: "Gateway clock off",
+    k_readings_rejected: "Readings rejected", k_gateway_clock: "Gateway clock off", k_spoofed_reading: "Spoofed readings",
   },
 };
-const KINDS = ["gateway_offline", "meter_silent", "no_consumption", "cap_near", "tou_mismatch", "meter_clock", "readings_rejected", "gateway_clock"];
+const KINDS = ["gateway_offline", "meter_silent", "no_consumption", "cap_near", "tou_mismatch", "meter_clock", "readings_rejected", "gateway_clock", "spoofed_reading"];
 
 function initialLang() {
   const q = new URLSearchParams(location.search).get("lang");
@@ -73,8 +73,27 @@ function fmtTime(s) {
   return new Date((s + 8 * 3600) * 1000).toISOString().slice(0, 16).replace("T", " ");
 }
 const enc = encodeURIComponent;
-async function api(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
+// With `[auth] tokens_file` the API wants a bearer token: asked once on a 401, kept in
+// localStorage, sent with every request.
+function savedToken() { try { return localStorage.getItem("qn-token") || ""; } catch (e) { return ""; } }
+const askToken = { pending: null };
+async function api(path, retried) {
+  const headers = { Accept: "application/json" };
+  const tok = savedToken();
+  if (tok) headers.Authorization = "Bearer " + tok;
+  const r = await fetch(path, { headers });
+  if (r.status === 401 && !retried) {
+    // Several views fetch at once: one prompt serves them all.
+    if (!askToken.pending) {
+      askToken.pending = Promise.resolve().then(() => {
+        const entered = window.prompt(lang === "en" ? "API token" : "访问令牌 (API token)");
+        if (entered) { try { localStorage.setItem("qn-token", entered.trim()); } catch (e) { /* private mode */ } }
+        setTimeout(() => { askToken.pending = null; }, 1000);
+        return entered;
+      });
+    }
+    if (await askToken.pending) return api(path, true);
+  }
   if (!r.ok) throw new Error(path + ": " + r.status);
   return r.json();
 }

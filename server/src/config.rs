@@ -26,13 +26,16 @@ pub struct Config {
     /// `[ingest]`: validation and batching of incoming readings.
     #[serde(default)]
     pub ingest: IngestConfig,
-    /// `[influxdb]`: raw series sink (a later issue; accepted and ignored for now).
+    /// `[influxdb]`: the InfluxDB 2 sink, parsed and checked by [`crate::sink::InfluxConfig`].
     #[serde(default)]
     pub influxdb: Option<toml::Table>,
-    /// `[feed]`: city platform feed (a later issue; accepted and ignored for now).
+    /// `[feed]`: the city platform feed, parsed and checked by
+    /// [`crate::feed::FeedConfig::from_table`] when the server starts (`url`, `key_file`, …).
     #[serde(default)]
     pub feed: Option<toml::Table>,
-    /// `[auth]`: API tokens (a later issue; accepted and ignored for now).
+    /// `[auth]`: API tokens, rate limit and request timeout, parsed by
+    /// [`crate::http::auth::AuthConfig`] (`tokens_file`, `rate_per_s`, `rate_burst`,
+    /// `request_timeout_s`); without `tokens_file` the API listens on loopback only.
     #[serde(default)]
     pub auth: Option<toml::Table>,
 }
@@ -54,9 +57,15 @@ pub struct MqttConfig {
     #[serde(default)]
     pub url: Option<String>,
     /// Listen address of the embedded broker (used when `url` is absent), a loopback
-    /// `IP:PORT` (the embedded broker has no authentication); default `127.0.0.1:1883`.
+    /// `IP:PORT` unless `embedded_passwd_file` is set (without it the embedded broker has no
+    /// authentication); default `127.0.0.1:1883`.
     #[serde(default)]
     pub embedded_listen: Option<String>,
+    /// Users of the embedded broker: a Mosquitto password file (`mosquitto_passwd`; the
+    /// same file `deploy/mosquitto/` uses). With it every client must log in (the server
+    /// too, with `username` and `password_file`) and `embedded_listen` may be any address.
+    #[serde(default)]
+    pub embedded_passwd_file: Option<PathBuf>,
     /// MQTT client id, default `qingnuan-server`. Keep it stable: the broker keeps the
     /// persistent session (and the readings not yet acknowledged) under it.
     #[serde(default)]
@@ -253,6 +262,10 @@ impl Config {
         if self.ingest.future_tolerance_s < 0 {
             return Err(invalid("ingest.future_tolerance_s", "must not be negative"));
         }
+        if let Some(t) = &self.influxdb {
+            crate::sink::InfluxConfig::from_table(t)?;
+        }
+        crate::http::auth::AuthConfig::of(self)?;
         if self.ingest.batch_messages == 0 {
             return Err(invalid("ingest.batch_messages", "must be at least 1"));
         }
@@ -290,10 +303,10 @@ impl Config {
                 invalid(format!("{s:?}: expected IP:PORT, e.g. \"127.0.0.1:1883\""))
             })?,
         };
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && self.mqtt.embedded_passwd_file.is_none() {
             return Err(invalid(format!(
                 "{addr}: the embedded broker has no authentication, use a loopback address \
-                 (or set url to a real broker)"
+                 (or set embedded_passwd_file, or url to a real broker)"
             )));
         }
         Ok(addr)
@@ -416,7 +429,7 @@ mod tests {
     #[test]
     fn later_sections_are_accepted() {
         let c = Config::from_toml_str(
-            "[influxdb]\nurl = \"http://x\"\n[feed]\nurl = \"y\"\n[auth]\ntokens_file = \"t\"\n",
+            "[influxdb]\nurl = \"http://x\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = \"t\"\n[feed]\nurl = \"y\"\n[auth]\ntokens_file = \"t\"\n",
         )
         .unwrap();
         assert!(c.influxdb.is_some() && c.feed.is_some() && c.auth.is_some());

@@ -68,12 +68,184 @@ pub fn night_detail_json(n: &NightRow) -> Value {
     v
 }
 
-/// The statements CSV with its BOM; `places` are each statement's (district, town, village).
+/// The language of CSV headers (and of night qualities in the household CSV).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lang {
+    /// English column names, the contract's (the default).
+    #[default]
+    En,
+    /// Chinese column names for finance offices (区财政、镇政府).
+    Zh,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "en" => Ok(Lang::En),
+            "zh" => Ok(Lang::Zh),
+            other => Err(format!("lang={other:?}: expected zh or en")),
+        }
+    }
+}
+
+/// [`CSV_COLUMNS`] in Chinese, in the same order.
+pub const CSV_COLUMNS_ZH: [&str; 16] = [
+    "户号",
+    "区",
+    "镇(乡)",
+    "村",
+    "采暖季",
+    "低谷电量(千瓦时)",
+    "补贴电量(千瓦时)",
+    "补贴限额(千瓦时)",
+    "达到限额日期",
+    "市级补贴(元)",
+    "区级补贴(元)",
+    "低谷电费(元)",
+    "实测夜数",
+    "估算夜数",
+    "缺失夜数",
+    "标记",
+];
+
+/// Columns of the per-household statement CSV: one row per night, then a `total` row.
+pub const HOUSEHOLD_CSV_COLUMNS: [&str; 13] = [
+    "household",
+    "district",
+    "town",
+    "village",
+    "season",
+    "night",
+    "offpeak_kwh",
+    "quality",
+    "flags",
+    "cumulative_kwh",
+    "subsidised_kwh",
+    "city_subsidy_yuan",
+    "district_subsidy_yuan",
+];
+
+/// [`HOUSEHOLD_CSV_COLUMNS`] in Chinese, in the same order.
+pub const HOUSEHOLD_CSV_COLUMNS_ZH: [&str; 13] = [
+    "户号",
+    "区",
+    "镇(乡)",
+    "村",
+    "采暖季",
+    "夜(起始日期)",
+    "低谷电量(千瓦时)",
+    "数据质量",
+    "标记",
+    "累计电量(千瓦时)",
+    "补贴电量(千瓦时)",
+    "市级补贴(元)",
+    "区级补贴(元)",
+];
+
+/// The `night` cell of the household CSV's closing row.
+pub fn total_label(lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => "total",
+        Lang::Zh => "合计",
+    }
+}
+
+/// A night's quality as the household CSV writes it.
+pub fn quality_label(quality: &str, lang: Lang) -> &str {
+    match (lang, quality) {
+        (Lang::Zh, "actual") => "实测",
+        (Lang::Zh, "estimated") => "估算",
+        (Lang::Zh, "missing") => "缺失",
+        (_, q) => q,
+    }
+}
+
+/// The statements CSV with its BOM and English headers; `places` are each statement's
+/// (district, town, village).
 pub fn statements_csv(rows: &[(StatementRow, [String; 3])]) -> Result<Vec<u8>, csv::Error> {
+    statements_csv_lang(rows, Lang::En)
+}
+
+/// One household's season as CSV with its BOM: a row per night (energy, quality, flags,
+/// running total), then a closing row (`total`/`合计`) with the statement's figures.
+pub fn household_csv(
+    st: &StatementRow,
+    place: &[String; 3],
+    nights: &[NightRow],
+    lang: Lang,
+) -> Result<Vec<u8>, csv::Error> {
     let mut out = BOM.as_bytes().to_vec();
     {
         let mut w = csv::Writer::from_writer(&mut out);
-        w.write_record(CSV_COLUMNS)?;
+        w.write_record(match lang {
+            Lang::En => HOUSEHOLD_CSV_COLUMNS,
+            Lang::Zh => HOUSEHOLD_CSV_COLUMNS_ZH,
+        })?;
+        let [district, town, village] = place;
+        let mut cumulative = 0;
+        for n in nights {
+            cumulative += n.wh;
+            w.write_record([
+                st.household.as_str(),
+                district,
+                town,
+                village,
+                &st.season,
+                &n.night,
+                &kwh(n.wh),
+                quality_label(&n.quality, lang),
+                &n.flags.join(";"),
+                &kwh(cumulative),
+                "",
+                "",
+                "",
+            ])?;
+        }
+        w.write_record([
+            st.household.as_str(),
+            district,
+            town,
+            village,
+            &st.season,
+            total_label(lang),
+            &kwh(st.offpeak_wh),
+            "",
+            &st.flags.join(";"),
+            &kwh(cumulative),
+            &kwh(st.subsidised_wh),
+            &yuan(st.city_fen),
+            &yuan(st.district_fen),
+        ])?;
+        w.flush()?;
+    }
+    Ok(out)
+}
+
+/// The statement JSON with every night (`"each_night"`: the contract's night objects).
+pub fn household_json(st: &StatementRow, nights: &[NightRow]) -> Value {
+    let mut v = statement_json(st);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "each_night".into(),
+            Value::Array(nights.iter().map(night_json).collect()),
+        );
+    }
+    v
+}
+
+/// [`statements_csv`] with headers in `lang`.
+pub fn statements_csv_lang(
+    rows: &[(StatementRow, [String; 3])],
+    lang: Lang,
+) -> Result<Vec<u8>, csv::Error> {
+    let mut out = BOM.as_bytes().to_vec();
+    {
+        let mut w = csv::Writer::from_writer(&mut out);
+        w.write_record(match lang {
+            Lang::En => CSV_COLUMNS,
+            Lang::Zh => CSV_COLUMNS_ZH,
+        })?;
         for (s, [district, town, village]) in rows {
             w.write_record([
                 s.household.as_str(),

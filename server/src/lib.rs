@@ -10,7 +10,9 @@ household's off-peak kWh and subsidy exactly, and serves the figures over HTTP.
 - [`engine`]: the pure off-peak computation (DESIGN.md), no I/O.
 - [`recompute`]: turns `dirty` (household, season) pairs into stored nights and statements.
 - [`export`]: the contract's statement/night JSON and the finance CSV (with BOM).
+- [`feed`]: the city platform feed: signed daily batches through an outbox with retries.
 - [`http`]: the JSON/CSV API (axum): `app(state)` builds the router.
+- [`sink`]: the InfluxDB 2 sink (`[influxdb]`): tails the store's export queues, writes line protocol.
 - [`broker`]: the embedded MQTT broker (rumqttd) that serves `run` without `[mqtt] url`, and the demo.
 - [`demo`]: `qingnuan-server demo`: a simulated village (real agents, simulated meters) on the
   embedded broker and store, under an accelerated clock.
@@ -25,11 +27,13 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod export;
+pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod monitor;
 pub mod recompute;
 pub mod registry;
+pub mod sink;
 pub mod store;
 
 use std::future::Future;
@@ -57,6 +61,12 @@ pub enum RunError {
     /// The embedded broker (no `[mqtt] url`) did not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// `[feed]` is unusable or its client could not be built.
+    #[error(transparent)]
+    Feed(#[from] feed::FeedError),
+    /// The InfluxDB sink (`[influxdb]`) could not start.
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
     /// The HTTP listener could not be bound.
     #[error("http.listen {addr}: {source}")]
     Listen {
@@ -105,6 +115,9 @@ pub async fn start_with_clock(
     clock: SharedClock,
 ) -> Result<Running, RunError> {
     let policy = config.load_policy()?;
+    // Checked before anything starts, so a bad [feed] leaves nothing running.
+    let feed_config = feed::FeedConfig::checked(config.feed.as_ref())?;
+    let guard = Arc::new(http::auth::Guard::from_config(&config)?);
     let (config, embedded) = with_embedded_broker(config)?;
     config.broker()?;
     let store = store::Store::open(&config.store.url).await?;
@@ -136,6 +149,18 @@ pub async fn start_with_clock(
         std::time::Duration::from_secs(60),
         stopped.clone(),
     )));
+    let feed_stats = match feed_config {
+        Some(cfg) => {
+            let f = feed::Feed::new(cfg, store.clone(), monitor.clone())?;
+            let s = f.stats();
+            tasks.push(tokio::spawn(feed::run(f, clock.clone(), stopped.clone())));
+            Some(s)
+        }
+        None => None,
+    };
+    let (sink_stats, sink_task) =
+        sink::start(config.influxdb.as_ref(), &store, &monitor, &clock, &stopped).await?;
+    tasks.extend(sink_task);
     let ingest = ingest::Ingest {
         store: store.clone(),
         calendar: Calendar::new(policy),
@@ -156,15 +181,13 @@ pub async fn start_with_clock(
         clock,
         recompute: wake,
         stats,
+        feed: feed_stats,
+        sink: sink_stats,
     }));
-    let mut rx = stopped;
+    let rx = stopped;
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, http::app(state)).with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            warn!(error = %e, "http server stopped");
-        }
+        let app = http::auth::protect(http::app(state), guard);
+        http::serve::serve(listener, app, rx).await;
     }));
     info!(%addr, "qingnuan-server listening");
     Ok(Running {
@@ -185,7 +208,19 @@ fn with_embedded_broker(
         return Ok((config, None));
     }
     let listen = config.embedded_listen()?;
-    let b = broker::EmbeddedBroker::start(broker::BrokerSettings::with_listen(listen))?;
+    let mut settings = broker::BrokerSettings::with_listen(listen);
+    if let Some(path) = &config.mqtt.embedded_passwd_file {
+        let users = broker::Passwd::load(path).map_err(|message| config::ConfigError::Invalid {
+            key: "mqtt.embedded_passwd_file",
+            message,
+        })?;
+        info!(
+            users = users.len(),
+            "embedded MQTT broker: clients must log in"
+        );
+        settings.users = Some(Arc::new(users));
+    }
+    let b = broker::EmbeddedBroker::start(settings)?;
     info!(url = %b.url(), "no [mqtt] url: embedded MQTT broker listening");
     config.mqtt.url = Some(b.url());
     Ok((config, Some(b)))

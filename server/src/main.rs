@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// API token commands.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Write every household's statement of a season (figures recomputed first).
     Export {
         /// Season, e.g. 2025-2026.
@@ -68,6 +73,13 @@ enum Command {
         /// Only this village.
         #[arg(long)]
         village: Option<String>,
+        /// One household's statement with every night and its quality instead (CSV: one
+        /// row per night and a closing total row; JSON: the statement with `each_night`).
+        #[arg(long, conflicts_with_all = ["district", "village"])]
+        household: Option<String>,
+        /// Language of the CSV headers: en or zh.
+        #[arg(long, default_value = "en")]
+        lang: export::Lang,
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -80,6 +92,22 @@ enum RegistryCommand {
     Import {
         /// The CSV file (CONTRACT.md "Registry CSV").
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new token, print it once, and append its SHA-256 to `[auth] tokens_file`.
+    Add {
+        /// Who holds it (goes to the audit log).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: qingnuan_server::http::auth::Role,
+        /// Tokens file (default: `[auth] tokens_file` of --config).
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -157,11 +185,31 @@ fn main() -> anyhow::Result<()> {
                 store.close().await;
                 Ok(())
             }
+            Some(Command::Token {
+                command: TokenCommand::Add { name, role, file },
+            }) => {
+                use qingnuan_server::http::auth;
+                let file = match file {
+                    Some(f) => f,
+                    None => auth::AuthConfig::of(&config()?)?
+                        .tokens_file
+                        .context("no --file and no [auth] tokens_file in --config")?,
+                };
+                let token = auth::add_token(&file, &name, role)?;
+                eprintln!(
+                    "added {role} token {name:?} to {} (shown once, keep it):",
+                    file.display()
+                );
+                println!("{token}");
+                Ok(())
+            }
             Some(Command::Export {
                 season,
                 format,
                 district,
                 village,
+                household,
+                lang,
                 out,
             }) => {
                 let cfg = config()?;
@@ -174,12 +222,44 @@ fn main() -> anyhow::Result<()> {
                     now,
                 )
                 .await?;
-                let rows = store
-                    .statements(&season.to_string(), district.as_deref(), village.as_deref())
-                    .await?;
-                let bytes = match format {
-                    Format::Csv => export::statements_csv(&rows)?,
-                    Format::Json => serde_json::to_vec_pretty(&export::statements_json(&rows))?,
+                let bytes = if let Some(id) = household {
+                    let h = store
+                        .household(&id)
+                        .await?
+                        .with_context(|| format!("household {id} is not in the registry"))?;
+                    let name = season.to_string();
+                    let (st, nights) = match store.statement(&id, &name).await? {
+                        Some(st) => (st, store.nights(&id, &name).await?),
+                        None => recompute::compute(
+                            &store,
+                            &mut qingnuan_server::engine::Engine::new(policy),
+                            &id,
+                            season,
+                            now,
+                            false,
+                        )
+                        .await?
+                        .with_context(|| format!("household {id} is not in the registry"))?,
+                    };
+                    match format {
+                        Format::Csv => export::household_csv(
+                            &st,
+                            &[h.district, h.town, h.village],
+                            &nights,
+                            lang,
+                        )?,
+                        Format::Json => {
+                            serde_json::to_vec_pretty(&export::household_json(&st, &nights))?
+                        }
+                    }
+                } else {
+                    let rows = store
+                        .statements(&season.to_string(), district.as_deref(), village.as_deref())
+                        .await?;
+                    match format {
+                        Format::Csv => export::statements_csv_lang(&rows, lang)?,
+                        Format::Json => serde_json::to_vec_pretty(&export::statements_json(&rows))?,
+                    }
                 };
                 match out {
                     Some(path) => std::fs::write(&path, bytes)

@@ -2,7 +2,7 @@
 //! with the [`engine`](crate::engine), from the stored readings alone. Idempotent: the
 //! result is a pure function of the stored set, so recomputing twice changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,39 +20,76 @@ use crate::engine::{
     explain_judgement, explain_night, BoundaryValue, EdgeKind, Engine, HouseholdInput,
     HouseholdSeason, MeterSpan, RawReading, UsedReading,
 };
-use crate::store::{NightRow, StatementRow, Store, StoreError};
+use crate::store::{
+    HouseholdRow, MeterRow, NightRow, StatementRow, Store, StoreError, StoredReading,
+};
 
 /// Pairs taken from `dirty` per round.
-const ROUND: i64 = 256;
+const ROUND: i64 = 1024;
 
-/// Computes one household's season from the store; `None` for an unknown household.
+/// Computes one household's season from the store, every night explained when `explain`;
+/// `None` for an unknown household.
 pub async fn compute(
     store: &Store,
     engine: &mut Engine,
     household: &str,
     season: Season,
     now: i64,
+    explain: bool,
 ) -> Result<Option<(StatementRow, Vec<NightRow>)>, StoreError> {
     let Some(h) = store.household(household).await? else {
         return Ok(None);
     };
     let rows = store.meters_of(household).await?;
+    let until = season_until(engine, season);
+    let mut stored = HashMap::new();
+    let mut conflicts = HashMap::new();
+    for m in &rows {
+        if !stored.contains_key(&m.meter) {
+            stored.insert(m.meter.clone(), store.readings_of(&m.meter, until).await?);
+            conflicts.insert(m.meter.clone(), store.conflicts_of(&m.meter).await?);
+        }
+    }
+    Ok(Some(compute_from(
+        engine, &h, &rows, &stored, &conflicts, season, now, explain,
+    )))
+}
+
+/// Readings up to this instant (exclusive) can decide a season's figures.
+fn season_until(engine: &Engine, season: Season) -> i64 {
     let (_, season_end) = engine.calendar().season_span(season);
-    let until = season_end
+    season_end
         .saturating_add(engine.policy().rules.max_gap_s)
-        .saturating_add(1);
+        .saturating_add(1)
+}
+
+/// The pure part of [`compute`]: one household's season from its registry rows and its
+/// meters' stored readings and conflict instants (keyed by meter id), each night with
+/// its explanation when `explain`.
+#[allow(clippy::too_many_arguments)]
+fn compute_from(
+    engine: &mut Engine,
+    h: &HouseholdRow,
+    rows: &[MeterRow],
+    stored: &HashMap<String, Vec<StoredReading>>,
+    stored_conflicts: &HashMap<String, Vec<i64>>,
+    season: Season,
+    now: i64,
+    explain: bool,
+) -> (StatementRow, Vec<NightRow>) {
     let mut readings: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
     let mut conflicts: HashMap<MeterId, Vec<i64>> = HashMap::new();
     let mut spans = Vec::with_capacity(rows.len());
-    for m in &rows {
+    for m in rows {
         let Ok(id) = MeterId::new(&m.meter) else {
-            warn!(meter = %m.meter, household, "stored meter id is not valid; skipped");
+            warn!(meter = %m.meter, household = %h.id, "stored meter id is not valid; skipped");
             continue;
         };
         if !readings.contains_key(&id) {
-            let stored = store.readings_of(&m.meter, until).await?;
             let raw = stored
-                .iter()
+                .get(&m.meter)
+                .into_iter()
+                .flatten()
                 .map(|r| RawReading {
                     ts: r.ts,
                     e_wh: r.e_wh,
@@ -60,7 +97,10 @@ pub async fn compute(
                 })
                 .collect();
             readings.insert(id.clone(), raw);
-            conflicts.insert(id.clone(), store.conflicts_of(&m.meter).await?);
+            conflicts.insert(
+                id.clone(),
+                stored_conflicts.get(&m.meter).cloned().unwrap_or_default(),
+            );
         }
         spans.push(MeterSpan {
             meter: id,
@@ -75,13 +115,7 @@ pub async fn compute(
     };
     let frame = engine.frame(season, now);
     let out = engine.household(&frame, &input, &readings);
-    Ok(Some(rows_of(
-        &out,
-        &input,
-        &conflicts,
-        engine.policy(),
-        household,
-    )))
+    rows_of(&out, &input, &conflicts, engine.policy(), &h.id, explain)
 }
 
 /// Recomputes and stores one pair, clearing its dirty mark at generation `gen`.
@@ -93,7 +127,7 @@ pub async fn recompute_pair(
     gen: Option<i64>,
     now: i64,
 ) -> Result<(), StoreError> {
-    match compute(store, engine, household, season, now).await? {
+    match compute(store, engine, household, season, now, false).await? {
         Some((statement, nights)) => store.save_season(&statement, &nights, gen, now).await,
         None => {
             // Not in the registry: nothing to compute, drop the mark.
@@ -118,25 +152,53 @@ pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
 }
 
 /// Recomputes up to [`ROUND`] dirty pairs and stores them in one transaction; returns
-/// how many it took.
+/// how many it took. Reads and writes in bulk: a few queries per season in the round,
+/// and only the nights whose figures changed are rewritten.
 pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize, StoreError> {
     let pairs = store.dirty(ROUND).await?;
-    let mut results = Vec::with_capacity(pairs.len());
+    let mut by_season: BTreeMap<Season, Vec<(String, i64)>> = BTreeMap::new();
     for (hh, season, gen) in &pairs {
-        let Ok(s) = season.parse::<Season>() else {
-            warn!(household = %hh, season = %season, "dirty mark with a bad season name dropped");
-            store.clear_dirty(hh, season, *gen).await?;
-            continue;
-        };
-        match compute(store, engine, hh, s, now).await? {
-            Some((statement, nights)) => results.push((statement, nights, Some(*gen))),
-            None => {
-                debug!(household = %hh, %season, "dirty mark of an unknown household dropped");
+        match season.parse::<Season>() {
+            Ok(s) => by_season.entry(s).or_default().push((hh.clone(), *gen)),
+            Err(_) => {
+                warn!(household = %hh, season = %season, "dirty mark with a bad season name dropped");
                 store.clear_dirty(hh, season, *gen).await?;
             }
         }
     }
-    store.save_seasons(&results, now).await?;
+    let mut results = Vec::with_capacity(pairs.len());
+    for (season, marks) in by_season {
+        let ids: Vec<String> = marks.iter().map(|(h, _)| h.clone()).collect();
+        let inputs = store
+            .round_inputs(&ids, season_until(engine, season))
+            .await?;
+        for (hh, gen) in marks {
+            let Some(h) = inputs.households.get(&hh) else {
+                debug!(household = %hh, %season, "dirty mark of an unknown household dropped");
+                store.clear_dirty(&hh, &season.to_string(), gen).await?;
+                continue;
+            };
+            let rows = inputs.meters.get(&hh).map(Vec::as_slice).unwrap_or(&[]);
+            let (statement, nights) = compute_from(
+                engine,
+                h,
+                rows,
+                &inputs.readings,
+                &inputs.conflicts,
+                season,
+                now,
+                false,
+            );
+            results.push((statement, nights, Some(gen)));
+        }
+    }
+    let saved = store.save_round(&results, now).await?;
+    debug!(
+        pairs = pairs.len(),
+        written = saved.nights_written,
+        unchanged = saved.nights_unchanged,
+        "recompute round stored"
+    );
     Ok(pairs.len())
 }
 
@@ -239,15 +301,18 @@ fn next_close_after(engine: &Engine, t: i64) -> Option<(i64, Season)> {
 /// Flag of a night resting on a reading for which a conflicting value arrived.
 pub const READING_CONFLICT: &str = "reading_conflict";
 
-/// The engine's answer as store rows, each night with how it was obtained. `conflicts`
-/// holds, per meter, the instants at which a conflicting value arrived: a night whose
-/// parts rest on readings around such an instant is flagged [`READING_CONFLICT`].
+/// The engine's answer as store rows, each night with how it was obtained when `explain`
+/// (the JSON `detail`; empty otherwise: recompute stores figures only, and the API
+/// explains a night on demand from the same readings). `conflicts` holds, per meter, the
+/// instants at which a conflicting value arrived: a night whose parts rest on readings
+/// around such an instant is flagged [`READING_CONFLICT`].
 pub fn rows_of(
     out: &HouseholdSeason,
     input: &HouseholdInput,
     conflicts: &HashMap<MeterId, Vec<i64>>,
     policy: &Policy,
     household: &str,
+    explain: bool,
 ) -> (StatementRow, Vec<NightRow>) {
     let s = &out.statement;
     let statement = StatementRow {
@@ -282,6 +347,20 @@ pub fn rows_of(
         .nights
         .iter()
         .map(|n| {
+            let mut flags: Vec<String> = n.flags.names().map(String::from).collect();
+            if conflicted(n) {
+                flags.push(READING_CONFLICT.into());
+            }
+            let row = NightRow {
+                night: n.night.to_string(),
+                wh: n.wh.0,
+                quality: n.quality.as_str().into(),
+                flags,
+                detail: String::new(),
+            };
+            if !explain {
+                return row;
+            }
             let parts: Vec<Value> = out
                 .parts_of(n)
                 .iter()
@@ -332,16 +411,9 @@ pub fn rows_of(
                 "readings_set_aside": set_aside,
                 "text": explain_night(&cal, input, out, n),
             });
-            let mut flags: Vec<String> = n.flags.names().map(String::from).collect();
-            if conflicted(n) {
-                flags.push(READING_CONFLICT.into());
-            }
             NightRow {
-                night: n.night.to_string(),
-                wh: n.wh.0,
-                quality: n.quality.as_str().into(),
-                flags,
                 detail: detail.to_string(),
+                ..row
             }
         })
         .collect();

@@ -99,10 +99,16 @@ pub fn parse_csv(data: &[u8], policy: &Policy) -> Result<Registry, ImportError> 
             }),
         }
     }
-    for extra in header.iter().filter(|h| !COLUMNS.contains(h)) {
+    // Bounded: a hostile header of a million columns gets a short answer. The name is
+    // cut so that a data row pasted as a header is not echoed back whole.
+    for extra in header
+        .iter()
+        .filter(|h| !COLUMNS.contains(h))
+        .take(MAX_ERRORS)
+    {
         errors.push(RowError {
             row: 1,
-            column: extra.into(),
+            column: extra.chars().take(40).collect(),
             message: format!("unknown column (expected {})", COLUMNS.join(",")),
         });
     }

@@ -94,6 +94,8 @@ async fn setup() -> (tempfile::TempDir, axum::Router) {
         clock: Arc::new(Fixed(NOW)),
         recompute: Arc::new(Notify::new()),
         stats: Arc::new(IngestStats::default()),
+        feed: None,
+        sink: None,
     }));
     (dir, app(state))
 }

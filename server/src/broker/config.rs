@@ -51,6 +51,10 @@ pub struct BrokerSettings {
     /// Forward rumqttd's per-connection logs (accept, disconnect — the latter at `error`
     /// level even for a clean disconnect) to the global `tracing` subscriber. Off by default.
     pub log_connections: bool,
+    /// Users (a Mosquitto password file): with them every client must log in as one of
+    /// them, and the broker may listen beyond loopback. Without: anonymous, loopback only.
+    /// rumqttd 0.20 has no topic ACL: see the module doc for what is enforced instead.
+    pub users: Option<std::sync::Arc<super::passwd::Passwd>>,
 }
 
 impl Default for BrokerSettings {
@@ -62,6 +66,7 @@ impl Default for BrokerSettings {
             segment_count: DEFAULT_SEGMENT_COUNT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_connections: false,
+            users: None,
         }
     }
 }
@@ -92,7 +97,7 @@ impl BrokerSettings {
 
     /// Checks what rumqttd would otherwise panic or misbehave on.
     pub(super) fn validate(&self) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() {
+        if !self.listen.ip().is_loopback() && self.users.is_none() {
             return Err(format!(
                 "listen {}: the embedded broker has no authentication, use a loopback address",
                 self.listen
@@ -140,7 +145,12 @@ impl BrokerSettings {
                 max_payload_size: self.max_packet_bytes,
                 max_inflight_count: CONNECTION_BATCH_PACKETS,
                 auth: None::<HashMap<String, String>>,
-                external_auth: None,
+                external_auth: self.users.clone().map(|users| -> rumqttd::AuthHandler {
+                    std::sync::Arc::new(move |_client_id, user, password| {
+                        let ok = users.verify(&user, &password);
+                        Box::pin(async move { ok })
+                    })
+                }),
                 // Irrelevant in 0.20 (a publish to a topic nobody subscribes to is dropped
                 // either way); off so no per-topic log is ever created.
                 dynamic_filters: false,

@@ -6,7 +6,16 @@ Mosquitto or EMQX stays the production broker (DESIGN.md, "Embedded broker cauti
 one is for the demo, a laptop and a single small village.
 
 # What it speaks
-- MQTT 3.1.1 (v4) over plain TCP, loopback only, no authentication.
+- MQTT 3.1.1 (v4) over plain TCP; loopback only and anonymous, unless
+  [`BrokerSettings::users`] (`[mqtt] embedded_passwd_file`, a Mosquitto password file) is
+  set: then every client must log in as one of its users, and any address may be used.
+- **No topic ACL**: rumqttd 0.20 has no hook to authorise a publish or a subscription, so a
+  logged-in gateway can publish under another gateway's prefix (pinned by
+  `server/tests/broker_acl.rs`). What stops it from mattering much: ingest quarantines
+  readings of a meter the registry places on another gateway (`spoofed`, with the
+  `spoofed_reading` alarm); a gateway speaking under another's prefix for that gateway's
+  own meters is not detectable here. Use Mosquitto with `deploy/mosquitto/acl` where
+  gateways are not trusted.
 - QoS 0 and 1 (rumqttd also has QoS 2, unused and untested here).
 - Retained messages, and last wills (a will with `retain` becomes the retained message, as the
   agents' `status` needs).
@@ -53,6 +62,9 @@ Memory follows: each filter with traffic grows to its budget (80 MiB at most) an
 */
 
 mod config;
+mod passwd;
+
+pub use passwd::Passwd;
 
 pub use config::{
     BrokerSettings, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,

@@ -1,12 +1,17 @@
 //! The HTTP API (CONTRACT.md "HTTP API") with axum: `app(state)` builds the router so
 //! tests call it directly; every route module has its own `router()`.
 
+pub mod auth;
 mod dashboard;
 mod error;
 mod households;
+mod limit;
+mod metrics;
 mod monitor;
 mod operations;
 mod seasons;
+pub mod serve;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -37,6 +42,10 @@ pub struct App {
     pub recompute: Arc<Notify>,
     /// Ingest counters.
     pub stats: Arc<IngestStats>,
+    /// City feed counters, when `[feed]` is configured.
+    pub feed: Option<Arc<crate::feed::FeedStats>>,
+    /// InfluxDB sink counters, when `[influxdb]` is configured.
+    pub sink: Option<Arc<crate::sink::SinkStats>>,
 }
 
 impl App {
@@ -67,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .merge(seasons::router())
         .merge(monitor::router())
         .merge(dashboard::router())
+        .merge(metrics::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

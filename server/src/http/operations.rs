@@ -6,13 +6,14 @@ use std::sync::atomic::Ordering;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
 
 /// Largest registry CSV accepted, bytes (a district of 100,000 households is ~10 MB).
-const REGISTRY_MAX_BYTES: usize = 64 * 1024 * 1024;
+const REGISTRY_MAX_BYTES: usize = super::auth::REGISTRY_MAX_BYTES;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -36,10 +37,19 @@ async fn health(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"status": "ok", "mqtt": mqtt})))
 }
 
-async fn registry(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// The audit log's `source` is `api:<token name>` when tokens are configured, else `api`.
+async fn registry(
+    State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let app = &s.0;
+    let source = match &caller {
+        Some(Extension(c)) => format!("api:{}", c.name),
+        None => "api".to_owned(),
+    };
     let sum =
-        crate::registry::import(&app.store, &body, &app.policy, "api", app.clock.now()).await?;
+        crate::registry::import(&app.store, &body, &app.policy, &source, app.clock.now()).await?;
     app.recompute.notify_one();
     Ok(Json(json!(sum)))
 }

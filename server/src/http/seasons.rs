@@ -1,4 +1,5 @@
-//! Every household's statement of a season, as JSON or as the finance CSV.
+//! Every household's statement of a season, as JSON or as the finance CSV (`lang=zh|en`
+//! headers).
 
 use std::collections::HashMap;
 
@@ -10,6 +11,15 @@ use axum::{Json, Router};
 
 use super::{ApiError, AppState};
 use crate::export;
+
+/// `lang=zh|en` (CSV headers), default `en`.
+pub(super) fn lang_of(q: &HashMap<String, String>) -> Result<export::Lang, ApiError> {
+    q.get("lang")
+        .filter(|v| !v.is_empty())
+        .map_or(Ok(export::Lang::En), |v| {
+            v.parse().map_err(ApiError::BadRequest)
+        })
+}
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/api/v1/seasons/{season}/statements", get(statements))
@@ -27,11 +37,12 @@ async fn statements(
         .store
         .statements(&season.to_string(), filter("district"), filter("village"))
         .await?;
+    let lang = lang_of(&q)?;
     match q.get("format").map(String::as_str) {
         None | Some("json") => Ok(Json(export::statements_json(&rows)).into_response()),
         Some("csv") => {
-            let body =
-                export::statements_csv(&rows).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let body = export::statements_csv_lang(&rows, lang)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             let disposition = format!("attachment; filename=\"statements-{season}.csv\"");
             Ok((
                 [

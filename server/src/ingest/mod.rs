@@ -20,6 +20,7 @@ use qingnuan_shared::calendar::Calendar;
 use qingnuan_shared::clock::SharedClock;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{BrokerUrl, Config, ConfigError};
@@ -217,20 +218,36 @@ struct Worker {
     version: Option<i64>,
 }
 
+/// A batch whose commit runs in the background while the next one is gathered and
+/// validated; its messages are acknowledged once the commit is done.
+struct InFlight {
+    commit: JoinHandle<Result<(), IngestError>>,
+    messages: Vec<Publish>,
+}
+
 impl Worker {
+    /// Gathers a batch, validates it, and commits it while the next batch is gathered:
+    /// at most one commit runs at a time, commits happen in arrival order, and a batch
+    /// is acknowledged (in arrival order, as MQTT asks) only after its own commit.
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Publish>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), IngestError> {
-        let mut batch = Vec::with_capacity(self.batch_max);
+        let mut inflight: Option<InFlight> = None;
         loop {
+            let mut batch = Vec::with_capacity(self.batch_max);
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return self.finish(inflight).await,
+                done = async { (&mut inflight.as_mut()?.commit).await.ok() }, if inflight.is_some() => {
+                    let f = inflight.take();
+                    self.acknowledge(f, done).await;
+                    continue;
+                }
                 first = rx.recv() => match first {
                     Some(p) => batch.push(p),
-                    None => return Ok(()),
+                    None => return self.finish(inflight).await,
                 },
             }
             // Take what has arrived; wait up to `batch_wait_ms` for more only if asked to.
@@ -249,25 +266,65 @@ impl Worker {
                     }
                 }
             }
-            // A store failure leaves the batch unacknowledged: retry it until it commits.
-            loop {
-                match self.commit(&batch).await {
-                    Ok(()) => break,
+            let tx = loop {
+                match self.validate(&batch).await {
+                    Ok(tx) => break tx,
                     Err(e) => {
-                        warn!(error = %e, messages = batch.len(), "commit failed; retrying");
+                        warn!(error = %e, "registry bindings unreadable; retrying");
                         tokio::select! {
-                            _ = shutdown.changed() => return Ok(()),
+                            _ = shutdown.changed() => return self.finish(inflight).await,
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
                     }
                 }
+            };
+            // The previous commit must land before this one starts (order, and one writer).
+            if let Some(mut f) = inflight.take() {
+                let done = (&mut f.commit).await.ok();
+                self.acknowledge(Some(f), done).await;
             }
-            debug!(messages = batch.len(), "committed; acknowledging");
-            for p in batch.drain(..) {
-                if let Err(e) = self.client.ack(&p).await {
-                    warn!(error = %e, "ack failed; the broker will redeliver");
+            let seen: Vec<_> = batch
+                .iter()
+                .filter_map(|p| crate::monitor::BatchSeen::from_message(&p.topic, &p.payload))
+                .collect();
+            let job = Commit {
+                ingest: self.ingest.clone(),
+                bindings: self.bindings.clone(),
+                messages: batch.len() as u64,
+                tx,
+                seen,
+            };
+            inflight = Some(InFlight {
+                commit: tokio::spawn(job.run(shutdown.clone())),
+                messages: batch,
+            });
+        }
+    }
+
+    /// Waits for the running commit and acknowledges it (shutdown: stop after it).
+    async fn finish(&self, inflight: Option<InFlight>) -> Result<(), IngestError> {
+        if let Some(mut f) = inflight {
+            let done = (&mut f.commit).await.ok();
+            self.acknowledge(Some(f), done).await;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a batch whose commit succeeded; one that did not commit (shutdown
+    /// during its retries, or a panic) is left unacknowledged for the broker to redeliver.
+    async fn acknowledge(&self, inflight: Option<InFlight>, done: Option<Result<(), IngestError>>) {
+        let Some(f) = inflight else { return };
+        match done {
+            Some(Ok(())) => {
+                debug!(messages = f.messages.len(), "committed; acknowledging");
+                for p in &f.messages {
+                    if let Err(e) = self.client.ack(p).await {
+                        warn!(error = %e, "ack failed; the broker will redeliver");
+                    }
                 }
             }
+            Some(Err(e)) => warn!(error = %e, "batch not committed; left for redelivery"),
+            None => warn!("commit task failed; batch left for redelivery"),
         }
     }
 
@@ -285,7 +342,8 @@ impl Worker {
         Ok(())
     }
 
-    async fn commit(&mut self, batch: &[Publish]) -> Result<(), StoreError> {
+    /// Validates every message of the batch against the current registry bindings.
+    async fn validate(&mut self, batch: &[Publish]) -> Result<IngestTx, StoreError> {
         self.refresh_bindings().await?;
         let now = self.ingest.clock.now();
         let mut tx = IngestTx {
@@ -302,23 +360,48 @@ impl Worker {
                 &mut tx,
             );
         }
-        let (bindings, cal) = (self.bindings.clone(), self.ingest.calendar);
-        let sum = self
-            .ingest
-            .store
-            .commit_ingest(&tx, |r, out| bindings.dirty_of(r, &cal, now, out))
-            .await?;
+        Ok(tx)
+    }
+}
+
+/// One validated batch on its way into the store.
+struct Commit {
+    ingest: Ingest,
+    bindings: Arc<Bindings>,
+    messages: u64,
+    tx: IngestTx,
+    seen: Vec<crate::monitor::BatchSeen>,
+}
+
+impl Commit {
+    /// Commits, retrying a store failure every second until it lands or the server
+    /// stops (then the batch stays unacknowledged and the broker redelivers it).
+    async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), IngestError> {
+        let (bindings, cal, now) = (&self.bindings, self.ingest.calendar, self.tx.received);
+        let sum = loop {
+            match self
+                .ingest
+                .store
+                .commit_ingest(&self.tx, |r, out| bindings.dirty_of(r, &cal, now, out))
+                .await
+            {
+                Ok(sum) => break sum,
+                Err(e) => {
+                    warn!(error = %e, messages = self.messages, "commit failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return Err(e.into()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
         // The monitor follows the committed data; a failure there is logged, never
         // retried through the batch (the readings are safe in the store).
-        let seen: Vec<_> = batch
-            .iter()
-            .filter_map(|p| crate::monitor::BatchSeen::from_message(&p.topic, &p.payload))
-            .collect();
-        if let Err(e) = self.ingest.monitor.on_ingest(&tx, &seen).await {
+        if let Err(e) = self.ingest.monitor.on_ingest(&self.tx, &self.seen).await {
             warn!(error = %e, "monitor update failed");
         }
         let s = &self.ingest.stats;
-        s.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        s.messages.fetch_add(self.messages, Ordering::Relaxed);
         s.new_readings
             .fetch_add(sum.new_readings, Ordering::Relaxed);
         s.repeats.fetch_add(sum.repeats, Ordering::Relaxed);

@@ -14,12 +14,16 @@ use crate::store::{Binding, IngestTx, NewReading, Quarantined, ReadFailure, Stat
 /// Bytes of a quarantined payload kept for inspection.
 const KEPT_PAYLOAD_BYTES: usize = 1024;
 
+/// Validity intervals `[from, to]`, UTC Unix seconds (`to` `None`: still installed).
+type Intervals = Vec<(i64, Option<i64>)>;
+
 /// Where a meter may be read from and for whom: the registry as ingest needs it.
 #[derive(Debug, Default)]
 pub struct Bindings {
     gateways: HashSet<String>,
-    /// (gateway, meter) → earliest install of the meter on that gateway, UTC Unix seconds.
-    read_by: HashMap<(String, String), i64>,
+    /// (gateway, meter) → the validity intervals `[from, to]` of the meter on that
+    /// gateway, UTC Unix seconds (`to` `None`: still installed).
+    read_by: HashMap<(String, String), Intervals>,
     /// meter → (household, valid_from, valid_to)
     households: HashMap<String, Vec<(String, i64, Option<i64>)>>,
 }
@@ -32,11 +36,10 @@ impl Bindings {
             ..Default::default()
         };
         for m in bindings {
-            let install = b
-                .read_by
+            b.read_by
                 .entry((m.gateway.clone(), m.meter.clone()))
-                .or_insert(m.valid_from);
-            *install = (*install).min(m.valid_from);
+                .or_default()
+                .push((m.valid_from, m.valid_to));
             b.households
                 .entry(m.meter)
                 .or_default()
@@ -180,14 +183,33 @@ fn readings(
             continue;
         }
         let meter = r.meter.as_str();
-        let Some(&install) = bindings
+        let Some(intervals) = bindings
             .read_by
             .get(&(gw.as_str().to_string(), meter.to_string()))
         else {
-            let detail = format!("readings[{i}].meter: {meter} is not registered on gateway {gw}");
-            msg.quarantine(tx, name, item, "unbound_meter", detail);
+            // A meter the registry places on another gateway is a gateway speaking for
+            // a meter it does not own: `spoofed`, and the monitor raises an alarm.
+            let (reason, detail) = if bindings.households.contains_key(meter) {
+                (
+                    "spoofed",
+                    format!(
+                        "readings[{i}].meter: {meter} is registered on another gateway, not {gw}"
+                    ),
+                )
+            } else {
+                (
+                    "unbound_meter",
+                    format!("readings[{i}].meter: {meter} is not registered on gateway {gw}"),
+                )
+            };
+            msg.quarantine(tx, name, item, reason, detail);
             continue;
         };
+        let install = intervals
+            .iter()
+            .map(|&(from, _)| from)
+            .min()
+            .unwrap_or(i64::MIN);
         if r.ts > now.saturating_add(tolerance) {
             let detail = format!(
                 "readings[{i}].ts: {} is {} s ahead of the server clock",
@@ -203,6 +225,18 @@ fn readings(
                 r.ts
             );
             msg.quarantine(tx, name, item, "before_install", detail);
+            continue;
+        }
+        // Inclusive of the removal instant, as the engine's validity is.
+        let bound = intervals
+            .iter()
+            .any(|&(from, to)| from <= r.ts && to.is_none_or(|to| r.ts <= to));
+        if !bound {
+            let detail = format!(
+                "readings[{i}].ts: {} is outside every interval meter {meter} is registered on gateway {gw}",
+                r.ts
+            );
+            msg.quarantine(tx, name, item, "unbound", detail);
             continue;
         }
         match (r.e_wh, r.err) {

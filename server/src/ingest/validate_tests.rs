@@ -210,3 +210,83 @@ fn dirty_pairs_follow_validity_and_season() {
     b.dirty_of(&r(NOW - 10), &cal, NOW, &mut out);
     assert_eq!(out.len(), 2, "{out:?}");
 }
+
+#[test]
+fn spoofed_and_unbound_readings() {
+    let b = Bindings::new(
+        ["gw-1".to_string(), "gw-2".to_string()],
+        vec![
+            Binding {
+                meter: "m1".into(),
+                gateway: "gw-1".into(),
+                household: "hh-1".into(),
+                valid_from: NOW - 86_400,
+                valid_to: Some(NOW - 3600),
+            },
+            // m1 was moved to gw-2 a while later (a gap on gw-1 afterwards).
+            Binding {
+                meter: "m1".into(),
+                gateway: "gw-2".into(),
+                household: "hh-1".into(),
+                valid_from: NOW - 1800,
+                valid_to: None,
+            },
+            Binding {
+                meter: "m3".into(),
+                gateway: "gw-2".into(),
+                household: "hh-3".into(),
+                valid_from: NOW - 86_400,
+                valid_to: None,
+            },
+        ],
+    );
+    let p = format!(
+        r#"{{"v":1,"gw":"gw-1","seq":1,"boot":"b","readings":[
+          {{"meter":"m3","ts":{NOW},"e_wh":1000}},
+          {{"meter":"m1","ts":{after},"e_wh":1000}},
+          {{"meter":"m1","ts":{removal},"e_wh":900}},
+          {{"meter":"m9","ts":{NOW},"e_wh":5}}
+        ]}}"#,
+        after = NOW - 3599,
+        removal = NOW - 3600,
+    );
+    let mut tx = IngestTx::default();
+    message(
+        "qn/v1/gw/gw-1/readings",
+        p.as_bytes(),
+        &b,
+        NOW,
+        300,
+        &mut tx,
+    );
+    assert_eq!(
+        reasons(&tx),
+        vec![(0, "spoofed"), (1, "unbound"), (3, "unbound_meter")]
+    );
+    assert_eq!(tx.quarantine[0].gateway.as_deref(), Some("gw-1"));
+    assert!(
+        tx.quarantine[0].detail.contains("m3"),
+        "{}",
+        tx.quarantine[0].detail
+    );
+    // The reading at the removal instant still belongs to the interval.
+    assert_eq!(
+        tx.readings.iter().map(|r| r.ts).collect::<Vec<_>>(),
+        vec![NOW - 3600]
+    );
+    // The same meter from the gateway it is on now is fine.
+    let p = format!(
+        r#"{{"v":1,"gw":"gw-2","seq":1,"boot":"b","readings":[{{"meter":"m1","ts":{NOW},"e_wh":1000}}]}}"#
+    );
+    let mut tx = IngestTx::default();
+    message(
+        "qn/v1/gw/gw-2/readings",
+        p.as_bytes(),
+        &b,
+        NOW,
+        300,
+        &mut tx,
+    );
+    assert!(tx.quarantine.is_empty(), "{:?}", reasons(&tx));
+    assert_eq!(tx.readings.len(), 1);
+}

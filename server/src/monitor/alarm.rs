@@ -25,11 +25,13 @@ pub enum AlarmKind {
     ReadingsRejected,
     /// The gateway's clock is off from the server's.
     GatewayClock,
+    /// The gateway sent readings for a meter registered on another gateway.
+    SpoofedReading,
 }
 
 impl AlarmKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [AlarmKind; 8] = [
+    pub const ALL: [AlarmKind; 9] = [
         AlarmKind::GatewayOffline,
         AlarmKind::MeterSilent,
         AlarmKind::NoConsumption,
@@ -38,6 +40,7 @@ impl AlarmKind {
         AlarmKind::MeterClock,
         AlarmKind::ReadingsRejected,
         AlarmKind::GatewayClock,
+        AlarmKind::SpoofedReading,
     ];
 
     /// The snake_case name.
@@ -51,6 +54,7 @@ impl AlarmKind {
             AlarmKind::MeterClock => "meter_clock",
             AlarmKind::ReadingsRejected => "readings_rejected",
             AlarmKind::GatewayClock => "gateway_clock",
+            AlarmKind::SpoofedReading => "spoofed_reading",
         }
     }
 

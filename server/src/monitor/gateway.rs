@@ -32,6 +32,15 @@ pub struct GatewayState {
     pub clock_offset_s: Option<i64>,
     /// Batches received.
     pub batches: u64,
+    /// Readings quarantined as `spoofed` (a meter registered on another gateway).
+    #[serde(default)]
+    pub spoofed: u64,
+    /// When the latest `spoofed` reading arrived, server clock.
+    #[serde(default)]
+    pub spoofed_last: Option<i64>,
+    /// The meter the latest `spoofed` reading named.
+    #[serde(default)]
+    pub spoofed_meter: Option<String>,
 }
 
 impl GatewayState {
@@ -62,6 +71,15 @@ impl GatewayState {
         }
         if let Some(sent) = sent {
             self.clock_offset_s = Some(sent.saturating_sub(received));
+        }
+    }
+
+    /// Folds in a reading quarantined as `spoofed` (for `meter`) received at `received`.
+    pub fn on_spoofed(&mut self, meter: Option<&str>, received: i64) {
+        self.spoofed += 1;
+        self.spoofed_last = Some(self.spoofed_last.map_or(received, |t| t.max(received)));
+        if let Some(m) = meter {
+            self.spoofed_meter = Some(m.to_string());
         }
     }
 

@@ -120,6 +120,34 @@ pub fn gateway_clock(
     })
 }
 
+/// How long a `spoofed_reading` alarm stays open after the last spoofed reading, seconds.
+pub const SPOOFED_ALARM_S: i64 = 24 * 3600;
+
+/// `spoofed_reading`: the gateway sent readings for a meter registered on another
+/// gateway within the last [`SPOOFED_ALARM_S`]; cleared a day after the last one.
+pub fn spoofed_reading(
+    id: &str,
+    subject: &Subject,
+    g: &GatewayState,
+    now: i64,
+    cal: &Calendar,
+) -> Option<Decision> {
+    let last = g.spoofed_last?;
+    let k = key(AlarmKind::SpoofedReading, id, None);
+    Some(if now.saturating_sub(last) <= SPOOFED_ALARM_S {
+        let meter = g.spoofed_meter.as_deref().unwrap_or("?");
+        let reason = format!(
+            "gateway {id} sent {} reading(s) for meters registered on other gateways \
+             (latest: meter {meter} at {}); quarantined, not counted",
+            g.spoofed,
+            local_time(cal, last)
+        );
+        open(AlarmKind::SpoofedReading, k, subject, reason)
+    } else {
+        Decision::Clear(k)
+    })
+}
+
 /// `meter_silent`: the last `meter_silent_reads` reads failed with no good read since.
 pub fn meter_silent(
     id: &str,

@@ -124,6 +124,39 @@ fn gateway_clock_raised_beyond_tolerance_and_cleared_within() {
 }
 
 #[test]
+fn spoofed_reading_raised_for_a_day_after_the_last_one() {
+    let (cal, s) = (cal(), subject());
+    let mut g = GatewayState::default();
+    assert_eq!(spoofed_reading("gw-1", &s, &g, NOV1_20, &cal), None);
+    g.on_spoofed(Some("m7"), NOV1_20);
+    g.on_spoofed(Some("m9"), NOV1_20 + 60);
+    let f = opened(spoofed_reading("gw-1", &s, &g, NOV1_20 + 3600, &cal));
+    assert_eq!(f.key, "spoofed_reading:gw-1");
+    assert!(
+        f.reason.contains("sent 2 reading(s)")
+            && f.reason.contains("m9")
+            && f.reason.contains("2025-11-01 20:01"),
+        "{}",
+        f.reason
+    );
+    let last = NOV1_20 + 60;
+    assert!(matches!(
+        spoofed_reading("gw-1", &s, &g, last + SPOOFED_ALARM_S, &cal),
+        Some(Decision::Open(_))
+    ));
+    assert_eq!(
+        cleared(spoofed_reading(
+            "gw-1",
+            &s,
+            &g,
+            last + SPOOFED_ALARM_S + 1,
+            &cal
+        )),
+        "spoofed_reading:gw-1"
+    );
+}
+
+#[test]
 fn meter_silent_after_three_failures_cleared_by_a_good_read() {
     let (cal, cfg, s) = (cal(), MonitorConfig::default(), subject());
     let mut m = MeterState::default();

@@ -185,11 +185,18 @@ impl Monitor {
         } else {
             batches
         };
+        let spoofed: Vec<(&str, Option<&str>)> = tx
+            .quarantine
+            .iter()
+            .filter(|q| q.reason == "spoofed")
+            .filter_map(|q| Some((q.gateway.as_deref()?, spoofed_meter(&q.detail))))
+            .collect();
         let gw_ids: BTreeSet<String> = tx
             .statuses
             .iter()
             .map(|s| s.gateway.clone())
             .chain(batches.iter().map(|b| b.gateway.clone()))
+            .chain(spoofed.iter().map(|(g, _)| g.to_string()))
             .collect();
         let mut events: BTreeMap<&str, (&str, Vec<MeterEvent<'_>>)> = BTreeMap::new();
         for r in &tx.readings {
@@ -239,6 +246,12 @@ impl Monitor {
                 .entry(b.gateway.clone())
                 .or_default()
                 .on_batch(b.sent, now);
+        }
+        for (gw, meter) in &spoofed {
+            gateways
+                .entry(gw.to_string())
+                .or_default()
+                .on_spoofed(*meter, now);
         }
         for (meter, (gw, mut evs)) in events {
             evs.sort_by_key(MeterEvent::ts);
@@ -299,6 +312,7 @@ impl Monitor {
             };
             decisions.extend(rules::gateway_offline(id, &s, g, now, cal, cfg));
             decisions.extend(rules::gateway_clock(id, &s, g, cfg));
+            decisions.extend(rules::spoofed_reading(id, &s, g, now, cal));
         }
         let current: BTreeMap<&str, &Binding> = snap
             .current_bindings()
@@ -402,6 +416,11 @@ impl Monitor {
         }
         Ok(out)
     }
+}
+
+/// The meter a `spoofed` quarantine detail names (`readings[i].meter: {meter} is …`).
+fn spoofed_meter(detail: &str) -> Option<&str> {
+    detail.split_once(".meter: ")?.1.split(' ').next()
 }
 
 /// `readings_set_aside` of a stored night detail, inside `[from, to]`.

@@ -103,7 +103,9 @@ impl Store {
         source: &str,
         now: i64,
     ) -> Result<ImportSummary, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: this transaction reads, then writes; a deferred one would fail with
+        // SQLITE_BUSY (not retried by busy_timeout) when ingest commits in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut sum = ImportSummary::default();
         let mut changed = std::collections::BTreeSet::new();
         for h in households {

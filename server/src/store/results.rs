@@ -101,7 +101,7 @@ pub(super) async fn mark_dirty(
     Ok(())
 }
 
-fn flags_json(flags: &[String]) -> String {
+pub(super) fn flags_json(flags: &[String]) -> String {
     serde_json::to_string(flags).unwrap_or_else(|_| "[]".into())
 }
 

@@ -89,6 +89,8 @@ impl Fixture {
             clock: clock.clone(),
             recompute: Arc::new(Notify::new()),
             stats: Arc::new(IngestStats::default()),
+            feed: None,
+            sink: None,
         }));
         Fixture {
             dir,

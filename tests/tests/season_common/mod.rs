@@ -71,7 +71,8 @@ pub fn reference(
             }],
         };
         let season = compute_household_season(&policy, SEASON, now, &input, &readings);
-        let (st, nights) = recompute::rows_of(&season, &input, &HashMap::new(), &policy, &h.id);
+        let (st, nights) =
+            recompute::rows_of(&season, &input, &HashMap::new(), &policy, &h.id, false);
         let nights = Value::Array(nights.iter().map(export::night_json).collect());
         out.insert(h.id.clone(), (export::statement_json(&st), nights));
     }

@@ -1,0 +1,453 @@
+//! Bulk recompute I/O: everything a round of households needs read in a few queries, and
+//! their figures written back with only the nights that changed (a season is 152 nights).
+
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::{HouseholdRow, MeterRow, NightRow, StatementRow, Store, StoreError, StoredReading};
+
+/// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
+const IDS: usize = 500;
+/// Night rows per multi-row upsert (7 binds each).
+const NIGHT_ROWS: usize = 400;
+
+/// What the engine needs for a set of households, keyed by household or meter id.
+#[derive(Debug, Default)]
+pub struct RoundInputs {
+    /// Household id → its registry row.
+    pub households: HashMap<String, HouseholdRow>,
+    /// Household id → its meters, oldest installation first.
+    pub meters: HashMap<String, Vec<MeterRow>>,
+    /// Meter id → its readings with `ts < until`, in time order.
+    pub readings: HashMap<String, Vec<StoredReading>>,
+    /// Meter id → instants at which a conflicting value arrived, in order.
+    pub conflicts: HashMap<String, Vec<i64>>,
+}
+
+/// What a bulk save wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveSummary {
+    /// Night rows inserted or changed.
+    pub nights_written: u64,
+    /// Night rows removed (no longer in the season's figures).
+    pub nights_removed: u64,
+    /// Night rows already stored exactly as computed (not rewritten).
+    pub nights_unchanged: u64,
+}
+
+impl Store {
+    /// Reads the registry rows, readings (`ts < until`) and conflicts of `households`.
+    pub async fn round_inputs(
+        &self,
+        households: &[String],
+        until: i64,
+    ) -> Result<RoundInputs, StoreError> {
+        let mut out = RoundInputs::default();
+        let mut conn = self.pool.acquire().await?;
+        for ids in households.chunks(IDS) {
+            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "SELECT id, district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id IN ",
+            );
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(id);
+            });
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let h = HouseholdRow {
+                    id: r.get(0),
+                    district: r.get(1),
+                    town: r.get(2),
+                    village: r.get(3),
+                    heating_area_m2: r.get(4),
+                    device: r.get(5),
+                    max_power_w: r.get(6),
+                };
+                out.households.insert(h.id.clone(), h);
+            }
+            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "SELECT household, meter, valid_from, valid_to, gateway FROM meters WHERE household IN ",
+            );
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(id);
+            });
+            qb.push(" ORDER BY household, valid_from, meter");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let m = MeterRow {
+                    household: r.get(0),
+                    meter: r.get(1),
+                    valid_from: r.get(2),
+                    valid_to: r.get(3),
+                    gateway: r.get(4),
+                };
+                out.meters.entry(m.household.clone()).or_default().push(m);
+            }
+        }
+        let mut meters: Vec<&str> = out
+            .meters
+            .values()
+            .flatten()
+            .map(|m| m.meter.as_str())
+            .collect();
+        meters.sort_unstable();
+        meters.dedup();
+        for ids in meters.chunks(IDS) {
+            // One row per meter with its readings packed as text: fetching a row per
+            // reading costs microseconds each, packing is done inside the database.
+            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "SELECT meter, string_agg(CAST(ts AS TEXT) || ',' || CAST(e_wh AS TEXT) || ',' || \
+                 COALESCE(CAST(e_valley_wh AS TEXT), ''), ';' ORDER BY ts) FROM readings WHERE meter IN ",
+            );
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(*id);
+            });
+            qb.push(" AND ts < ")
+                .push_bind(until)
+                .push(" GROUP BY meter");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let packed: &str = r.get(1);
+                out.readings.insert(r.get(0), unpack(packed)?);
+            }
+            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "SELECT DISTINCT meter, ts FROM reading_conflicts WHERE meter IN ",
+            );
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(*id);
+            });
+            qb.push(" ORDER BY meter, ts");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                out.conflicts.entry(r.get(0)).or_default().push(r.get(1));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores the figures of many (household, season) pairs in one transaction, writing
+    /// only the nights that differ from the stored ones, and clears each dirty mark still
+    /// at the generation given (a newer mark survives, as in [`Store::save_season`]).
+    pub async fn save_round(
+        &self,
+        items: &[(StatementRow, Vec<NightRow>, Option<i64>)],
+        now: i64,
+    ) -> Result<SaveSummary, StoreError> {
+        let mut sum = SaveSummary::default();
+        // IMMEDIATE: this transaction reads the stored nights, then writes; a deferred one
+        // would fail with SQLITE_BUSY (not retried by busy_timeout) if ingest committed
+        // in between, and reading outside it could skip a night another writer changed.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut by_season: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (s, _, _) in items {
+            by_season
+                .entry(s.season.as_str())
+                .or_default()
+                .push(s.household.as_str());
+        }
+        // The stored nights, one packed row per household (`night,wh,quality,flags|…`;
+        // flags are a JSON array of snake_case names, so neither separator occurs in it).
+        let mut stored: HashMap<(String, String), NightRow> = HashMap::new();
+        for (season, households) in &by_season {
+            for ids in households.chunks(IDS) {
+                let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                    "SELECT household, string_agg(night || ',' || CAST(wh AS TEXT) || ',' || quality || ',' || flags, '|') \
+                     FROM nights WHERE season = ",
+                );
+                qb.push_bind(*season).push(" AND household IN ");
+                qb.push_tuples(ids, |mut b, id| {
+                    b.push_bind(*id);
+                });
+                qb.push(" GROUP BY household");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let household: String = r.get(0);
+                    let packed: &str = r.get(1);
+                    for n in unpack_nights(packed)? {
+                        stored.insert((household.clone(), n.night.clone()), n);
+                    }
+                }
+            }
+        }
+        let mut changed: Vec<(&str, &str, &NightRow)> = Vec::new();
+        for (s, nights, _) in items {
+            for n in nights {
+                // Compared without `detail`: recompute stores figures only (an explanation
+                // left by an older version is replaced when the figures change).
+                match stored.remove(&(s.household.clone(), n.night.clone())) {
+                    Some(old)
+                        if (old.wh, &old.quality, &old.flags) == (n.wh, &n.quality, &n.flags) =>
+                    {
+                        sum.nights_unchanged += 1
+                    }
+                    _ => changed.push((&s.household, &s.season, n)),
+                }
+            }
+        }
+        for chunk in changed.chunks(NIGHT_ROWS) {
+            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "INSERT INTO nights (household, night, season, wh, quality, flags, detail) ",
+            );
+            qb.push_values(chunk, |mut b, (hh, season, n)| {
+                b.push_bind(*hh)
+                    .push_bind(&n.night)
+                    .push_bind(*season)
+                    .push_bind(n.wh)
+                    .push_bind(&n.quality)
+                    .push_bind(super::results::flags_json(&n.flags))
+                    .push_bind(&n.detail);
+            });
+            qb.push(
+                " ON CONFLICT (household, night) DO UPDATE SET season = excluded.season, wh = excluded.wh,
+                  quality = excluded.quality, flags = excluded.flags, detail = excluded.detail",
+            );
+            qb.build().execute(&mut *tx).await?;
+            sum.nights_written += chunk.len() as u64;
+        }
+        // Stored nights the new figures no longer have (a registry change shortened a season).
+        let gone: Vec<&(String, String)> = stored.keys().collect();
+        for chunk in gone.chunks(IDS) {
+            let mut qb: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("DELETE FROM nights WHERE (household, night) IN (VALUES ");
+            let mut sep = qb.separated(", ");
+            for (hh, night) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(hh.as_str())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(night.as_str())
+                    .push_unseparated(")");
+            }
+            qb.push(")");
+            sum.nights_removed += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        for chunk in items.chunks(IDS / 2) {
+            save_statements(&mut tx, chunk, now).await?;
+        }
+        tx.commit().await?;
+        Ok(sum)
+    }
+}
+
+async fn save_statements(
+    tx: &mut Transaction<'_, Sqlite>,
+    items: &[(StatementRow, Vec<NightRow>, Option<i64>)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        "INSERT INTO statements (household, season, offpeak_wh, subsidised_wh, cap_wh, cap_reached_on, city_fen,
+           district_fen, valley_charge_fen, nights_actual, nights_estimated, nights_missing, flags, computed_at) ",
+    );
+    qb.push_values(items, |mut b, (s, _, _)| {
+        b.push_bind(&s.household)
+            .push_bind(&s.season)
+            .push_bind(s.offpeak_wh)
+            .push_bind(s.subsidised_wh)
+            .push_bind(s.cap_wh)
+            .push_bind(&s.cap_reached_on)
+            .push_bind(s.city_fen)
+            .push_bind(s.district_fen)
+            .push_bind(s.valley_charge_fen)
+            .push_bind(s.nights_actual)
+            .push_bind(s.nights_estimated)
+            .push_bind(s.nights_missing)
+            .push_bind(super::results::flags_json(&s.flags))
+            .push_bind(now);
+    });
+    qb.push(
+        " ON CONFLICT (household, season) DO UPDATE SET offpeak_wh = excluded.offpeak_wh,
+           subsidised_wh = excluded.subsidised_wh, cap_wh = excluded.cap_wh, cap_reached_on = excluded.cap_reached_on,
+           city_fen = excluded.city_fen, district_fen = excluded.district_fen,
+           valley_charge_fen = excluded.valley_charge_fen, nights_actual = excluded.nights_actual,
+           nights_estimated = excluded.nights_estimated, nights_missing = excluded.nights_missing,
+           flags = excluded.flags, computed_at = excluded.computed_at",
+    );
+    qb.build().execute(&mut **tx).await?;
+    let marks: Vec<_> = items
+        .iter()
+        .filter_map(|(s, _, gen)| gen.map(|g| (&s.household, &s.season, g)))
+        .collect();
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut qb: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new("DELETE FROM dirty WHERE (household, season, gen) IN (VALUES ");
+    let mut sep = qb.separated(", ");
+    for (hh, season, gen) in marks {
+        sep.push("(")
+            .push_bind_unseparated(hh.as_str())
+            .push_unseparated(", ")
+            .push_bind_unseparated(season.as_str())
+            .push_unseparated(", ")
+            .push_bind_unseparated(gen)
+            .push_unseparated(")");
+    }
+    qb.push(")");
+    qb.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Parses `ts,e_wh,e_valley_wh;…` (an empty valley field: none) as packed by
+/// [`Store::round_inputs`].
+fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
+    let corrupt = || StoreError::Corrupt("readings");
+    let mut out = Vec::with_capacity(packed.len() / 24 + 1);
+    for item in packed.split(';') {
+        let mut f = item.split(',');
+        let mut int = || -> Result<Option<i64>, StoreError> {
+            match f.next().ok_or_else(corrupt)? {
+                "" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| corrupt()),
+            }
+        };
+        let ts = int()?.ok_or_else(corrupt)?;
+        let e_wh = int()?.ok_or_else(corrupt)?;
+        let e_valley_wh = int()?;
+        out.push(StoredReading {
+            ts,
+            e_wh,
+            e_valley_wh,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses `night,wh,quality,flags|…` as packed by [`Store::save_round`] (no detail).
+fn unpack_nights(packed: &str) -> Result<Vec<NightRow>, StoreError> {
+    let corrupt = || StoreError::Corrupt("nights");
+    let mut out = Vec::with_capacity(packed.len() / 32 + 1);
+    for item in packed.split('|') {
+        let mut f = item.splitn(4, ',');
+        let mut next = || f.next().ok_or_else(corrupt);
+        let night = next()?.to_string();
+        let wh = next()?.parse().map_err(|_| corrupt())?;
+        let quality = next()?.to_string();
+        let flags = serde_json::from_str(next()?).map_err(|_| StoreError::Corrupt("flags"))?;
+        out.push(NightRow {
+            night,
+            wh,
+            quality,
+            flags,
+            detail: String::new(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpacks_what_the_query_packs() {
+        let got = unpack("1761912000,1000000,;1761955200,1020000,-5").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                StoredReading {
+                    ts: 1_761_912_000,
+                    e_wh: 1_000_000,
+                    e_valley_wh: None
+                },
+                StoredReading {
+                    ts: 1_761_955_200,
+                    e_wh: 1_020_000,
+                    e_valley_wh: Some(-5)
+                },
+            ]
+        );
+        for bad in ["", "1", "1,x,", "1,2", ",2,3"] {
+            assert!(unpack(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn night(night: &str, wh: i64, flags: &[&str]) -> NightRow {
+        NightRow {
+            night: night.into(),
+            wh,
+            quality: "actual".into(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            detail: String::new(),
+        }
+    }
+
+    fn statement(household: &str, offpeak_wh: i64) -> StatementRow {
+        StatementRow {
+            household: household.into(),
+            season: "2025-2026".into(),
+            offpeak_wh,
+            subsidised_wh: offpeak_wh,
+            cap_wh: 10_000_000,
+            cap_reached_on: None,
+            city_fen: 0,
+            district_fen: 0,
+            valley_charge_fen: 0,
+            nights_actual: 2,
+            nights_estimated: 0,
+            nights_missing: 0,
+            flags: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn save_round_writes_only_what_changed_and_removes_what_is_gone() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let first = vec![
+            (
+                statement("hh-1", 30),
+                vec![
+                    night("2025-11-01", 10, &[]),
+                    night("2025-11-02", 20, &["a,b"]),
+                ],
+                None,
+            ),
+            (
+                statement("hh-2", 5),
+                vec![night("2025-11-01", 5, &[])],
+                None,
+            ),
+        ];
+        let sum = store.save_round(&first, 1).await.unwrap();
+        assert_eq!((sum.nights_written, sum.nights_unchanged), (3, 0));
+        // hh-1: one night the same, one with a new flag, one new; hh-2: its night gone.
+        let second = vec![
+            (
+                statement("hh-1", 60),
+                vec![
+                    night("2025-11-01", 10, &[]),
+                    night("2025-11-02", 20, &["a,b", "c"]),
+                    night("2025-11-03", 30, &[]),
+                ],
+                None,
+            ),
+            (statement("hh-2", 0), vec![], None),
+        ];
+        let sum = store.save_round(&second, 2).await.unwrap();
+        assert_eq!(
+            sum,
+            SaveSummary {
+                nights_written: 2,
+                nights_removed: 1,
+                nights_unchanged: 1
+            }
+        );
+        assert_eq!(
+            store.nights("hh-1", "2025-2026").await.unwrap(),
+            second[0].1
+        );
+        assert!(store.nights("hh-2", "2025-2026").await.unwrap().is_empty());
+        let s = store.statement("hh-1", "2025-2026").await.unwrap().unwrap();
+        assert_eq!(s.offpeak_wh, 60);
+        // The same figures again: nothing is rewritten.
+        let sum = store.save_round(&second, 3).await.unwrap();
+        assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
+    }
+
+    #[test]
+    fn unpacks_nights_with_flags_holding_commas() {
+        let got = unpack_nights(r#"2025-11-01,12345,actual,[]|2025-11-02,0,missing,["a_b","c"]"#)
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[1].night.as_str(), got[1].wh, got[1].quality.as_str()),
+            ("2025-11-02", 0, "missing")
+        );
+        assert_eq!(got[1].flags, vec!["a_b".to_string(), "c".into()]);
+        assert!(unpack_nights("2025-11-01,x,actual,[]").is_err());
+        assert!(unpack_nights("2025-11-01,1,actual,[").is_err());
+    }
+}
