@@ -302,8 +302,8 @@ fn next_close_after(engine: &Engine, t: i64) -> Option<(i64, Season)> {
 pub const READING_CONFLICT: &str = "reading_conflict";
 
 /// The engine's answer as store rows, each night with how it was obtained when `explain`
-/// (the JSON `detail`; empty otherwise: recompute stores figures only, and the API
-/// explains a night on demand from the same readings). `conflicts` holds, per meter, the
+/// (the JSON `detail`; otherwise only the readings set aside, or empty: recompute stores
+/// figures only, and the API explains a night on demand from the same readings). `conflicts` holds, per meter, the
 /// instants at which a conflicting value arrived: a night whose parts rest on readings
 /// around such an instant is flagged [`READING_CONFLICT`].
 pub fn rows_of(
@@ -358,26 +358,6 @@ pub fn rows_of(
                 flags,
                 detail: String::new(),
             };
-            if !explain {
-                return row;
-            }
-            let parts: Vec<Value> = out
-                .parts_of(n)
-                .iter()
-                .map(|p| {
-                    let span = input.meters.get(p.span);
-                    json!({
-                        "meter": span.map(|m| m.meter.as_str()),
-                        "valid_from": span.map(|m| local(m.from, offset)),
-                        "valid_to": span.and_then(|m| m.to).map(|t| local(t, offset)),
-                        "kwh": p.wh.map(|w| w.kwh_string().to_string()),
-                        "valley_kwh": p.valley_wh.map(|w| w.kwh_string().to_string()),
-                        "flags": p.flags.names().collect::<Vec<_>>(),
-                        "start": boundary(&p.start, offset),
-                        "end": boundary(&p.end, offset),
-                    })
-                })
-                .collect();
             let set_aside: Vec<Value> = out
                 .judged
                 .iter()
@@ -394,6 +374,32 @@ pub fn rows_of(
                         "verdict": j.verdict.as_str(),
                         "text": explain_judgement(&cal, input, j),
                         "baseline": {"ts": j.baseline.0, "e_wh": j.baseline.1},
+                    })
+                })
+                .collect();
+            if !explain {
+                // Figures only, but readings set aside stay visible to the monitor's
+                // `readings_rejected` rule (rare, so this costs nothing in the common case).
+                if set_aside.is_empty() {
+                    return row;
+                }
+                let detail = json!({ "readings_set_aside": set_aside }).to_string();
+                return NightRow { detail, ..row };
+            }
+            let parts: Vec<Value> = out
+                .parts_of(n)
+                .iter()
+                .map(|p| {
+                    let span = input.meters.get(p.span);
+                    json!({
+                        "meter": span.map(|m| m.meter.as_str()),
+                        "valid_from": span.map(|m| local(m.from, offset)),
+                        "valid_to": span.and_then(|m| m.to).map(|t| local(t, offset)),
+                        "kwh": p.wh.map(|w| w.kwh_string().to_string()),
+                        "valley_kwh": p.valley_wh.map(|w| w.kwh_string().to_string()),
+                        "flags": p.flags.names().collect::<Vec<_>>(),
+                        "start": boundary(&p.start, offset),
+                        "end": boundary(&p.end, offset),
                     })
                 })
                 .collect();

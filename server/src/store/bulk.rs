@@ -164,17 +164,28 @@ impl Store {
                 }
             }
         }
+        // The few stored nights with a detail (readings set aside), compared in full.
+        for (season, households) in &by_season {
+            for ids in households.chunks(IDS) {
+                let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                    "SELECT household, night, detail FROM nights WHERE detail <> '' AND season = ",
+                );
+                qb.push_bind(*season).push(" AND household IN ");
+                qb.push_tuples(ids, |mut b, id| {
+                    b.push_bind(*id);
+                });
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    if let Some(n) = stored.get_mut(&(r.get(0), r.get(1))) {
+                        n.detail = r.get(2);
+                    }
+                }
+            }
+        }
         let mut changed: Vec<(&str, &str, &NightRow)> = Vec::new();
         for (s, nights, _) in items {
             for n in nights {
-                // Compared without `detail`: recompute stores figures only (an explanation
-                // left by an older version is replaced when the figures change).
                 match stored.remove(&(s.household.clone(), n.night.clone())) {
-                    Some(old)
-                        if (old.wh, &old.quality, &old.flags) == (n.wh, &n.quality, &n.flags) =>
-                    {
-                        sum.nights_unchanged += 1
-                    }
+                    Some(old) if old == *n => sum.nights_unchanged += 1,
                     _ => changed.push((&s.household, &s.season, n)),
                 }
             }
@@ -306,7 +317,8 @@ fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
     Ok(out)
 }
 
-/// Parses `night,wh,quality,flags|…` as packed by [`Store::save_round`] (no detail).
+/// Parses `night,wh,quality,flags|…` as packed by [`Store::save_round`] (the detail,
+/// rarely set, is read apart).
 fn unpack_nights(packed: &str) -> Result<Vec<NightRow>, StoreError> {
     let corrupt = || StoreError::Corrupt("nights");
     let mut out = Vec::with_capacity(packed.len() / 32 + 1);
@@ -434,6 +446,14 @@ mod tests {
         assert_eq!(s.offpeak_wh, 60);
         // The same figures again: nothing is rewritten.
         let sum = store.save_round(&second, 3).await.unwrap();
+        assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
+        // Same figures, a reading newly set aside (the detail): that night is rewritten.
+        let mut third = second.clone();
+        third[0].1[1].detail = r#"{"readings_set_aside":[{"ts":1}]}"#.into();
+        let sum = store.save_round(&third, 4).await.unwrap();
+        assert_eq!((sum.nights_written, sum.nights_unchanged), (1, 2));
+        assert_eq!(store.nights("hh-1", "2025-2026").await.unwrap(), third[0].1);
+        let sum = store.save_round(&third, 5).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
     }
 
