@@ -379,3 +379,37 @@ fn the_systemd_unit_runs_the_server_hardened() {
         assert!(creds.contains(name.to_str().unwrap()), "{}", f.display());
     }
 }
+
+/// `deploy/server.example.toml` is accepted as shipped, and with every commented key
+/// switched on (its comments document keys the server really takes).
+#[test]
+fn server_example_config_parses_with_every_key_on() {
+    let text = read("server.example.toml");
+    Config::from_toml_str(&text).expect("server.example.toml as shipped");
+    let on: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.contains(' ') && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest.to_string()
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    for key in [
+        "[influxdb]",
+        "[feed]",
+        "[auth]",
+        "embedded_passwd_file",
+        "share_group",
+    ] {
+        assert!(on.contains(key), "{key} documented");
+    }
+    let cfg = Config::from_toml_str(&on).unwrap_or_else(|e| panic!("every key on: {e}\n{on}"));
+    assert_eq!(cfg.mqtt.share_group.as_deref(), Some("qingnuan"));
+}
