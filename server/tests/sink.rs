@@ -283,6 +283,13 @@ async fn readings_and_nights_arrive_with_values_tags_and_timestamps() {
         Some(&vec![20_480]),
         "unchanged night written once"
     );
+    // The counter moves after the write returns: the point can be visible first.
+    wait_until(
+        Duration::from_secs(10),
+        "three night points counted",
+        || async { rig.stats.nights_written.load(Relaxed) >= 3 },
+    )
+    .await;
     assert_eq!(rig.stats.nights_written.load(Relaxed), 3);
 
     // Village points from the monitor's state: two villages, one household each.
