@@ -26,10 +26,6 @@ use crate::store::{
 
 /// Pairs taken from `dirty` per round.
 const ROUND: i64 = 1024;
-/// Pause after a partial round before the next one (real time): figures lag ingest by
-/// at most about this much, and a busy ingest is not slowed by recomputing the same
-/// households after every commit.
-const SETTLE: Duration = Duration::from_millis(500);
 
 /// Computes one household's season from the store, every night explained when `explain`;
 /// `None` for an unknown household.
@@ -230,22 +226,12 @@ pub async fn run(
             next_close = next_close_after(&engine, now);
         }
         match round(&store, &mut engine, now).await {
-            // A full round: more is waiting, go on (night closes are checked first).
-            // A partial one: what is dirty now was marked by commits during this round;
-            // let ingest gather more marks for a moment instead of recomputing the same
-            // households after every commit (they compete for the one SQLite writer).
+            // More may be waiting: go on without sleeping (night closes are checked first).
             Ok(n) if n > 0 => {
                 if *shutdown.borrow() {
                     return;
                 }
-                if (n as i64) < ROUND {
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(SETTLE) => {}
-                    }
-                } else {
-                    tokio::task::yield_now().await;
-                }
+                tokio::task::yield_now().await;
                 continue;
             }
             Ok(_) => {}
