@@ -227,23 +227,26 @@ impl Store {
             sum.nights_removed += qb.build().execute(&mut *tx).await?.rows_affected();
         }
         for chunk in items.chunks(IDS / 2) {
-            save_statements(&mut tx, chunk, now).await?;
+            let chunk: Vec<_> = chunk.iter().map(|(s, _, gen)| (s, *gen)).collect();
+            save_statements(&mut tx, &chunk, now).await?;
         }
         tx.commit().await?;
         Ok(sum)
     }
 }
 
-async fn save_statements(
+/// Upserts statements (computed at `now`) and clears each dirty mark still at the
+/// generation given; the one place that writes `statements`.
+pub(super) async fn save_statements(
     tx: &mut Transaction<'_, Sqlite>,
-    items: &[(StatementRow, Vec<NightRow>, Option<i64>)],
+    items: &[(&StatementRow, Option<i64>)],
     now: i64,
 ) -> Result<(), StoreError> {
     let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
         "INSERT INTO statements (household, season, offpeak_wh, subsidised_wh, cap_wh, cap_reached_on, city_fen,
            district_fen, valley_charge_fen, nights_actual, nights_estimated, nights_missing, flags, computed_at) ",
     );
-    qb.push_values(items, |mut b, (s, _, _)| {
+    qb.push_values(items, |mut b, (s, _)| {
         b.push_bind(&s.household)
             .push_bind(&s.season)
             .push_bind(s.offpeak_wh)
@@ -270,7 +273,7 @@ async fn save_statements(
     qb.build().execute(&mut **tx).await?;
     let marks: Vec<_> = items
         .iter()
-        .filter_map(|(s, _, gen)| gen.map(|g| (&s.household, &s.season, g)))
+        .filter_map(|(s, gen)| gen.map(|g| (&s.household, &s.season, g)))
         .collect();
     if marks.is_empty() {
         return Ok(());

@@ -346,41 +346,5 @@ async fn save_one(
             .execute(&mut **tx)
             .await?;
     }
-    let s = statement;
-    sqlx::query(
-            "INSERT INTO statements (household, season, offpeak_wh, subsidised_wh, cap_wh, cap_reached_on, city_fen,
-               district_fen, valley_charge_fen, nights_actual, nights_estimated, nights_missing, flags, computed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (household, season) DO UPDATE SET offpeak_wh = excluded.offpeak_wh,
-               subsidised_wh = excluded.subsidised_wh, cap_wh = excluded.cap_wh, cap_reached_on = excluded.cap_reached_on,
-               city_fen = excluded.city_fen, district_fen = excluded.district_fen,
-               valley_charge_fen = excluded.valley_charge_fen, nights_actual = excluded.nights_actual,
-               nights_estimated = excluded.nights_estimated, nights_missing = excluded.nights_missing,
-               flags = excluded.flags, computed_at = excluded.computed_at",
-        )
-        .bind(&s.household)
-        .bind(&s.season)
-        .bind(s.offpeak_wh)
-        .bind(s.subsidised_wh)
-        .bind(s.cap_wh)
-        .bind(&s.cap_reached_on)
-        .bind(s.city_fen)
-        .bind(s.district_fen)
-        .bind(s.valley_charge_fen)
-        .bind(s.nights_actual)
-        .bind(s.nights_estimated)
-        .bind(s.nights_missing)
-        .bind(flags_json(&s.flags))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    if let Some(gen) = gen {
-        sqlx::query("DELETE FROM dirty WHERE household = ? AND season = ? AND gen = ?")
-            .bind(&s.household)
-            .bind(&s.season)
-            .bind(gen)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    super::bulk::save_statements(tx, &[(statement, gen)], now).await
 }
