@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Where Debian's `victoria-metrics` package installs the server.
 pub const VICTORIA_METRICS: &str = "/usr/bin/victoria-metrics";
 
@@ -110,13 +108,13 @@ impl Vm {
     /// Every series whose name matches the regex `name_re`, from `/api/v1/export` (after
     /// a forced flush, so what was written is searchable).
     pub async fn export(&self, name_re: &str) -> Vec<Series> {
-        let _ = get(self.port, "/internal/force_flush").await;
+        let _ = crate::common::http_get(self.port, "/internal/force_flush").await;
         let selector = format!("{{__name__=~\"{name_re}\"}}");
         let path = format!(
             "/api/v1/export?match[]={}&start=0",
             percent_encode(&selector)
         );
-        let Some((200, body)) = get(self.port, &path).await else {
+        let Some((200, body)) = crate::common::http_get(self.port, &path).await else {
             return Vec::new();
         };
         let mut out: Vec<Series> = body
@@ -167,23 +165,4 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// `GET path` over HTTP/1.0: (status, body).
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }
