@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh machine: installs the real
-# parts the tests start (Mosquitto, socat, Chromium, VictoriaMetrics) when missing, then fmt, clippy and tests.
+# parts the tests start (Mosquitto, socat, Chromium, VictoriaMetrics, PostgreSQL) when missing, then fmt, clippy and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -d /usr/share/fonts/truetype/wqy ] || missing+=(fonts-wqy-zenhei)
 # The InfluxDB 2 sink is tested against VictoriaMetrics' /api/v2/write.
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
+# The PostgreSQL store is tested against Debian's server binaries (initdb/pg_ctl in a temp dir).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   sudo_=""

@@ -6,6 +6,11 @@
 //! `BENCH_GATEWAYS`, default 25; `BENCH_PUBLISHERS`, default 4; `BENCH_INFLIGHT`, the
 //! broker's `max_inflight_messages`, default 1000 as `deploy/mosquitto` sets it (Mosquitto's
 //! own default is 20); `BENCH_BATCH`, the server's `[ingest] batch_messages`, default 500).
+//! `BENCH_STORE=postgres`: the store path and the server on a PostgreSQL server the bench
+//! starts (fsync on); `BENCH_REPLICAS=n`: n servers in one shared-subscription group.
+
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,10 +234,8 @@ async fn sqlite_ceiling(msgs: &[Msg], dir: &std::path::Path, batch: usize) -> f6
 }
 
 /// The store's own ingest transaction (dedup, conflicts, dirty marks), `batch` messages a commit.
-async fn store_path(msgs: &[Msg], dir: &std::path::Path, gateways: usize, batch: usize) -> f64 {
-    let store = Store::open(&format!("sqlite://{}/store.db", dir.display()))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+async fn store_path(msgs: &[Msg], url: &str, gateways: usize, batch: usize) -> f64 {
+    let store = Store::open(url).await.unwrap_or_else(|e| panic!("{e}"));
     qingnuan_server::registry::import(
         &store,
         registry(gateways).as_bytes(),
@@ -259,9 +262,11 @@ async fn store_path(msgs: &[Msg], dir: &std::path::Path, gateways: usize, batch:
     (msgs.len() * PER_MESSAGE) as f64 / start.elapsed().as_secs_f64()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn end_to_end(
     msgs: &Arc<Vec<Msg>>,
-    dir: &std::path::Path,
+    url: &str,
+    replicas: usize,
     gateways: usize,
     publishers: usize,
     inflight: usize,
@@ -269,15 +274,21 @@ async fn end_to_end(
 ) -> (f64, f64) {
     let broker = Broker::start_with(&format!("max_inflight_messages {inflight}\n"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let toml = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"bench-server\"\n[store]\nurl = \"sqlite://{}/server.db\"\n[ingest]\nbatch_messages = {batch}\n",
-        broker.url(),
-        dir.display()
-    );
-    let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::open(&config.store.url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let share = if replicas > 1 {
+        "share_group = \"bench\"\n"
+    } else {
+        ""
+    };
+    let configs: Vec<Config> = (0..replicas.max(1))
+        .map(|i| {
+            let toml = format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"bench-server-{i}\"\n{share}[store]\nurl = \"{url}\"\n[ingest]\nbatch_messages = {batch}\n",
+                broker.url(),
+            );
+            Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let store = Store::open(url).await.unwrap_or_else(|e| panic!("{e}"));
     qingnuan_server::registry::import(
         &store,
         registry(gateways).as_bytes(),
@@ -287,10 +298,14 @@ async fn end_to_end(
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let running =
-        qingnuan_server::start_with_clock(config, Arc::new(ScaledClock::new(NOW * 1000, 1)))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+    let mut running = Vec::new();
+    for config in configs {
+        running.push(
+            qingnuan_server::start_with_clock(config, Arc::new(ScaledClock::new(NOW * 1000, 1)))
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let total = (msgs.len() * PER_MESSAGE) as i64;
     let start = Instant::now();
@@ -329,7 +344,9 @@ async fn end_to_end(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let settled = start.elapsed().as_secs_f64();
-    running.stop().await;
+    for r in running {
+        r.stop().await;
+    }
     (ingest, settled)
 }
 
@@ -344,6 +361,9 @@ fn main() {
     let publishers = env("BENCH_PUBLISHERS", 4);
     let inflight = env("BENCH_INFLIGHT", 1000);
     let batch = env("BENCH_BATCH", 500);
+    let replicas = env("BENCH_REPLICAS", 1);
+    let pg = (std::env::var("BENCH_STORE").as_deref() == Ok("postgres"))
+        .then(|| pg_support::PgServer::start(true));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -354,8 +374,9 @@ fn main() {
         println!(
             "ingest bench: {n} messages x {PER_MESSAGE} readings = {readings} readings, {gateways} gateways, \
              {} meters, {publishers} publishers, broker max_inflight_messages {inflight}, \
-             server batch_messages {batch}",
-            gateways * PER_MESSAGE
+             server batch_messages {batch}, {replicas} server(s) on {}",
+            gateways * PER_MESSAGE,
+            if pg.is_some() { "PostgreSQL" } else { "SQLite" }
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let full = std::env::var_os("BENCH_ONLY_SERVER").is_none();
@@ -366,11 +387,19 @@ fn main() {
             let rows = batch * PER_MESSAGE;
             sq = sqlite_ceiling(&msgs, dir.path(), batch).await;
             println!("ceiling  plain batched SQLite insert ({rows} rows/tx): {sq:>10.0} readings/s");
-            let st = store_path(&msgs, dir.path(), gateways, batch).await;
+            let url = match &pg {
+                Some(pg) => pg.fresh_url(),
+                None => format!("sqlite://{}/store.db", dir.path().display()),
+            };
+            let st = store_path(&msgs, &url, gateways, batch).await;
             println!("store    Store::commit_ingest ({rows} rows/tx):        {st:>10.0} readings/s");
         }
+        let url = match &pg {
+            Some(pg) => pg.fresh_url(),
+            None => format!("sqlite://{}/server.db", dir.path().display()),
+        };
         let (e2e, settled) =
-            end_to_end(&msgs, dir.path(), gateways, publishers, inflight, batch).await;
+            end_to_end(&msgs, &url, replicas, gateways, publishers, inflight, batch).await;
         let lower = (mq * PER_MESSAGE as f64).min(sq);
         println!(
             "server   publishers -> Mosquitto -> server -> store:   {e2e:>10.0} readings/s ({:.0} % of the lower ceiling); \

@@ -6,6 +6,10 @@
 //! `10000,30000,100000`). The store is filled with SQL straight into the migrated schema
 //! (through ingest it would take longer than the measurement); the figures are then
 //! checked against the closed form of the synthetic registers, so a fast wrong answer fails.
+//! `BENCH_STORE=postgres`: the same on a PostgreSQL server the bench starts (fsync on).
+
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
 
 use std::time::Instant;
 
@@ -64,6 +68,9 @@ fn reset_peak_rss() {
 /// Registry and readings of nights `nights` for `n` households (one meter each, 40 per
 /// gateway), in SQL; with `registry` false only the readings and the dirty marks.
 async fn fill(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
+    if url.starts_with("postgres") {
+        return fill_pg(url, n, nights, registry).await;
+    }
     let mut c = SqliteConnectOptions::new()
         .filename(url.trim_start_matches("sqlite://"))
         .pragma("cache_size", "-262144")
@@ -103,6 +110,42 @@ async fn fill(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
     }
 }
 
+/// [`fill`] in PostgreSQL's dialect (the same rows).
+async fn fill_pg(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (first, last) = (nights.start, nights.end - 1);
+    let h = format!("generate_series(0, {}) i", n - 1);
+    let statements = [
+        format!("INSERT INTO households (id, district, town, village, heating_area_m2, device, max_power_w)
+                 SELECT 'hh-' || lpad(i::text, 7, '0'), '怀柔区', '雁栖镇', '村' || (i / 400), '100', 'air_source_heat_pump', NULL FROM {h}"),
+        format!("INSERT INTO gateways (id) SELECT DISTINCT 'gw-' || lpad((i / 40)::text, 5, '0') FROM {h}"),
+        format!("INSERT INTO meters (household, meter, valid_from, valid_to, gateway)
+                 SELECT 'hh-' || lpad(i::text, 7, '0'), lpad(i::text, 12, '0'), {INSTALLED}, NULL, 'gw-' || lpad((i / 40)::text, 5, '0') FROM {h}"),
+        format!("INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received)
+                 SELECT lpad(i::text, 12, '0'), {FIRST_OPEN} + n * 86400 + k * 43200,
+                        1000000 + 40000 * n + (7 * i + 13 * n) % 5000 + k * (20000 + (i * 11 + n * 3) % 10000),
+                        NULL, NULL, NULL, 'gw-' || lpad((i / 40)::text, 5, '0'), {NOW}
+                 FROM {h}, generate_series({first}, {last}) n, (VALUES (0), (1)) kk(k)
+                 ORDER BY 1, 2"),
+        "INSERT INTO dirty (household, season, gen) SELECT id, '2025-2026', 1 FROM households
+         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1"
+            .to_string(),
+        "ANALYZE".to_string(),
+    ];
+    for (i, s) in statements.into_iter().enumerate() {
+        if !registry && i < 3 {
+            continue;
+        }
+        sqlx::query(&s)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {s}"));
+    }
+}
+
 fn main() {
     let sizes: Vec<i64> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "10000,30000,100000".into())
@@ -113,11 +156,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    println!("recompute bench: a full season (152 nights, 2 reads a night) per household");
+    let pg = (std::env::var("BENCH_STORE").as_deref() == Ok("postgres"))
+        .then(|| pg_support::PgServer::start(true));
+    println!(
+        "recompute bench: a full season (152 nights, 2 reads a night) per household, on {}",
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" }
+    );
     rt.block_on(async {
         for n in sizes {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-            let url = format!("sqlite://{}/recompute.db", dir.path().display());
+            let url = match &pg {
+                Some(pg) => pg.fresh_url(),
+                None => format!("sqlite://{}/recompute.db", dir.path().display()),
+            };
             let store = Store::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
             // Cold: every night but the last is stored, nothing computed yet.
             let t = Instant::now();

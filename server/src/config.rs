@@ -66,6 +66,12 @@ pub struct MqttConfig {
     /// too, with `username` and `password_file`) and `embedded_listen` may be any address.
     #[serde(default)]
     pub embedded_passwd_file: Option<PathBuf>,
+    /// Topic rules of the embedded broker: a Mosquitto ACL file (`user`, `topic`, `pattern`
+    /// with `%u`/`%c`; no `deny`). Used only with `embedded_passwd_file`; without it the
+    /// built-in copy of `deploy/mosquitto/acl` applies (each gateway publishes only under
+    /// `qn/v1/gw/<its user name>/` and reads only its config topic; `qingnuan-server` reads all).
+    #[serde(default)]
+    pub embedded_acl_file: Option<PathBuf>,
     /// MQTT client id, default `qingnuan-server`. Keep it stable: the broker keeps the
     /// persistent session (and the readings not yet acknowledged) under it.
     #[serde(default)]
@@ -92,7 +98,8 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://path/to/file.db` (created with its directory on start).
+    /// `sqlite://path/to/file.db` (created with its directory on start), or
+    /// `postgres://user@host/db` (the database must exist; migrated on start).
     #[serde(default = "default_store_url")]
     pub url: String,
 }
@@ -253,11 +260,11 @@ impl Config {
                 ));
             }
         }
-        if !self.store.url.starts_with("sqlite:") {
-            return Err(invalid(
-                "store.url",
-                "only sqlite://… is supported so far (postgres:// comes later)",
-            ));
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| self.store.url.starts_with(p))
+        {
+            return Err(invalid("store.url", "must be sqlite://… or postgres://…"));
         }
         if self.ingest.future_tolerance_s < 0 {
             return Err(invalid("ingest.future_tolerance_s", "must not be negative"));

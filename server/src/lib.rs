@@ -4,7 +4,8 @@ household's off-peak kWh and subsidy exactly, and serves the figures over HTTP.
 
 # Layout
 - [`config`]: `server.toml` (CONTRACT.md "Server").
-- [`store`]: the only module that knows SQL (SQLite in WAL mode, migrations in `migrations/`).
+- [`store`]: the only module that knows SQL (SQLite in WAL mode, or PostgreSQL for replicas;
+  migrations in `migrations/{sqlite,postgres}`).
 - [`registry`]: the registry CSV import (households, meters, gateways) with its audit log.
 - [`ingest`]: the MQTT subscriber: validation, quarantine, batched commits, acks after commit.
 - [`engine`]: the pure off-peak computation (DESIGN.md), no I/O.
@@ -219,6 +220,7 @@ fn with_embedded_broker(
             "embedded MQTT broker: clients must log in"
         );
         settings.users = Some(Arc::new(users));
+        settings.acl = Some(Arc::new(broker::acl_of(&config)?));
     }
     let b = broker::EmbeddedBroker::start(settings)?;
     info!(url = %b.url(), "no [mqtt] url: embedded MQTT broker listening");

@@ -375,3 +375,89 @@ async fn slow_request_heads_are_cut_off_and_peers_are_known() {
         .expect("serve returns after stop")
         .unwrap();
 }
+
+/// `[auth] request_timeout_s` and the body limits on the accept loop the server uses: a slow
+/// handler and a body that stops arriving both get 503 after the timeout; a chunked body
+/// (no Content-Length to refuse up front) past 64 KiB gets 413 as it is read, one under it
+/// gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_time_out_and_chunked_bodies_are_limited() {
+    use qingnuan_server::http::auth::{protect, AuthConfig, Guard, OTHER_MAX_BYTES};
+    let app = axum::Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+    let guard = Guard::new(&AuthConfig {
+        request_timeout_s: 1,
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    let app = protect(app, Arc::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(qingnuan_server::http::serve::serve_with(
+        listener,
+        app,
+        rx,
+        Duration::from_secs(10),
+    ));
+    // A slow handler.
+    let started = std::time::Instant::now();
+    let (status, body) = request(port, "GET", "/slow", None, b"").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    // A body that promises 100 bytes and sends 10.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer before the client gives up")
+        .unwrap();
+    assert_eq!(parse(&buf[..n]).0, 503);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Chunked bodies: one chunk each, just over and just under the limit.
+    for (size, want) in [(OTHER_MAX_BYTES + 1, 413), (OTHER_MAX_BYTES - 1, 200)] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{size:x}\r\n"
+        );
+        // The server may answer and close before the whole body is written.
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(&vec![b'x'; size]).await;
+        let _ = s.write_all(b"\r\n0\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let (status, body) = parse(&buf);
+        assert_eq!(status, want, "{size} bytes: {body}");
+        if want == 200 {
+            assert_eq!(body, size.to_string());
+        }
+    }
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns after stop")
+        .unwrap();
+}

@@ -480,3 +480,110 @@ async fn dashboard_driven_by_webdriver_switch_button_and_clicks_down_to_a_househ
     wd.quit();
     server.abort();
 }
+
+/// A WebDriver call whose answer may be an error (a prompt not open yet, navigation
+/// interrupted by one): the `value` as it came.
+async fn wd_try(wd: &WebDriver, method: &str, path: &str, body: Value) -> Value {
+    wd_call(
+        wd.port,
+        method,
+        &format!("/session/{}{path}", wd.session),
+        Some(&body),
+    )
+    .await["value"]
+        .clone()
+}
+
+/// With `[auth] tokens_file` the API answers 401 to the dashboard's first requests: the
+/// dashboard asks for a token once (a browser prompt), sends it as a bearer token, and its
+/// data loads; the figures equal the API's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_the_token_on_401_and_then_loads() {
+    use qingnuan_server::http::auth::{add_token, protect, AuthConfig, Guard, Role};
+    let mut fx = Fixture::new().await;
+    fleet(&mut fx).await;
+    let tokens = tempfile::tempdir().unwrap();
+    let file = tokens.path().join("tokens.toml");
+    let token = add_token(&file, "vic", Role::Viewer).unwrap();
+    let guard = Guard::new(&AuthConfig {
+        tokens_file: Some(file),
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    let router = protect(fx.app.clone(), std::sync::Arc::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let (status, _) = http_status(addr, "/api/v1/overview").await;
+    assert_eq!(status, 401, "the API is protected");
+    let profile = tempfile::tempdir().unwrap();
+    let wd = WebDriver::start(profile.path()).await;
+
+    // Navigation may return early with "unexpected alert open": that is the prompt.
+    let _ = wd_try(
+        &wd,
+        "POST",
+        "/url",
+        serde_json::json!({"url": format!("http://{addr}/")}),
+    )
+    .await;
+    let mut prompt = Value::Null;
+    for _ in 0..100 {
+        prompt = wd_try(&wd, "GET", "/alert/text", serde_json::json!({})).await;
+        if prompt.is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        prompt.as_str().is_some_and(|t| t.contains("API token")),
+        "no token prompt: {prompt}"
+    );
+    let sent = wd_try(
+        &wd,
+        "POST",
+        "/alert/text",
+        serde_json::json!({"text": token}),
+    )
+    .await;
+    assert!(sent.get("error").is_none(), "{sent}");
+    wd.cmd("POST", "/alert/accept", serde_json::json!({})).await;
+    let running = wd
+        .wait_for("const e = document.getElementById('ov-running'); return e ? e.textContent : ''")
+        .await;
+    let o = fx.ok("/api/v1/overview").await;
+    assert_eq!(
+        running.as_str().unwrap(),
+        o["heat_pumps_running"].to_string()
+    );
+    // Kept for the next page load: no second prompt.
+    assert_eq!(
+        wd.js("return localStorage.getItem('qn-token')").await,
+        Value::String(token.clone())
+    );
+    wd.goto(&format!("http://{addr}/?lang=en")).await;
+    let again = wd
+        .wait_for("const e = document.getElementById('ov-running'); return e ? e.textContent : ''")
+        .await;
+    assert_eq!(again, running);
+    wd.quit();
+    server.abort();
+}
+
+/// `GET path` over HTTP/1.0: the status and the body.
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -1,5 +1,8 @@
 //! Through the store: the same readings committed in any order, split into any batches,
-//! with any repeats, give identical stored nights and statements.
+//! with any repeats, give identical stored nights and statements, on SQLite and on
+//! PostgreSQL alike.
+
+mod pg_support;
 
 use proptest::prelude::*;
 use qingnuan_server::engine::Engine;
@@ -44,9 +47,17 @@ fn readings() -> Vec<NewReading> {
 
 async fn figures(order: &[usize], splits: &[usize]) -> (StatementRow, Vec<NightRow>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/o.db", dir.path().display()))
-        .await
-        .unwrap();
+    figures_in(
+        &format!("sqlite://{}/o.db", dir.path().display()),
+        order,
+        splits,
+    )
+    .await
+}
+
+/// [`figures`] in the (empty) store at `url`.
+async fn figures_in(url: &str, order: &[usize], splits: &[usize]) -> (StatementRow, Vec<NightRow>) {
+    let store = Store::open(url).await.unwrap();
     let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
                hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,\nhh-1,d,t,v,100,hp,m2,2025-10-01,,gw-1,\n";
     let policy = Policy::beijing_2018();
@@ -137,4 +148,39 @@ proptest! {
         let got = rt.block_on(figures(&order, &splits));
         prop_assert_eq!(got, reference);
     }
+}
+
+/// PostgreSQL: the same readings in any order, batches and repeats give the figures
+/// SQLite gives in time order (one server, a database per case).
+#[test]
+fn on_postgres_any_order_gives_the_sqlite_figures() {
+    use proptest::test_runner::{Config, TestRunner};
+    let pg = pg_support::PgServer::start(false);
+    let rt = rt();
+    let n = readings().len();
+    let reference = rt.block_on(figures(&(0..n).collect::<Vec<_>>(), &[n]));
+    let in_order = rt.block_on(figures_in(
+        &pg.fresh_url(),
+        &(0..n).collect::<Vec<_>>(),
+        &[n],
+    ));
+    assert_eq!(in_order, reference);
+    let strategy = (
+        Just((0..768usize).collect::<Vec<_>>()).prop_shuffle(),
+        proptest::collection::vec(0..768usize, 0..200),
+        proptest::collection::vec(1..300usize, 1..8),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 4,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(perm, repeats, splits)| {
+            let mut order = perm;
+            order.extend(repeats);
+            let got = rt.block_on(figures_in(&pg.fresh_url(), &order, &splits));
+            prop_assert_eq!(got, reference.clone());
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
 }

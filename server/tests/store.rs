@@ -1,6 +1,9 @@
 //! The store's ingest merge: repeats ignored, a different value for the same key is a
 //! conflict (flagged, first kept), redelivered batches change nothing, dirty marks made
-//! during a recompute survive it.
+//! during a recompute survive it. Every test runs on SQLite and on PostgreSQL.
+
+#[macro_use]
+mod pg_support;
 
 use std::collections::BTreeSet;
 
@@ -24,26 +27,23 @@ fn r(ts: i64, e_wh: i64) -> NewReading {
     }
 }
 
-async fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display()))
-        .await
-        .unwrap();
+async fn store(kind: pg_support::Kind) -> (pg_support::Guard, Store) {
+    let (guard, url) = pg_support::url(kind);
+    let store = Store::open(&url).await.unwrap();
     let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
                hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,\n";
     registry::import(&store, csv.as_bytes(), &Policy::beijing_2018(), "test", NOW)
         .await
         .unwrap();
-    (dir, store)
+    (guard, store)
 }
 
 fn mark(_: &NewReading, out: &mut BTreeSet<(String, String)>) {
     out.insert(("hh-1".into(), "2025-2026".into()));
 }
 
-#[tokio::test]
-async fn repeats_are_ignored_and_conflicts_keep_the_first_value() {
-    let (_d, store) = store().await;
+async fn repeats_are_ignored_and_conflicts_keep_the_first_value(kind: pg_support::Kind) {
+    let (_d, store) = store(kind).await;
     let tx = IngestTx {
         readings: vec![r(NOV1_20, 1000), r(NOV1_20 + 43_200, 31_000)],
         received: NOW,
@@ -98,9 +98,8 @@ async fn repeats_are_ignored_and_conflicts_keep_the_first_value() {
     );
 }
 
-#[tokio::test]
-async fn quarantine_rows_count_once_per_message_item() {
-    let (_d, store) = store().await;
+async fn quarantine_rows_count_once_per_message_item(kind: pg_support::Kind) {
+    let (_d, store) = store(kind).await;
     let q = |item| Quarantined {
         msg_key: "k1".into(),
         item,
@@ -123,9 +122,8 @@ async fn quarantine_rows_count_once_per_message_item() {
     );
 }
 
-#[tokio::test]
-async fn a_mark_made_during_a_recompute_survives_it() {
-    let (_d, store) = store().await;
+async fn a_mark_made_during_a_recompute_survives_it(kind: pg_support::Kind) {
+    let (_d, store) = store(kind).await;
     recompute::drain(&store, &mut Engine::new(Policy::beijing_2018()), NOW)
         .await
         .unwrap();
@@ -165,9 +163,8 @@ async fn a_mark_made_during_a_recompute_survives_it() {
     assert!(store.dirty(10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn recomputing_twice_changes_nothing() {
-    let (_d, store) = store().await;
+async fn recomputing_twice_changes_nothing(kind: pg_support::Kind) {
+    let (_d, store) = store(kind).await;
     let tx = IngestTx {
         readings: vec![
             r(NOV1_20 - 900, 900),
@@ -199,9 +196,8 @@ async fn recomputing_twice_changes_nothing() {
     assert_eq!((nov1.wh, nov1.quality.as_str()), (29_600, "estimated"));
 }
 
-#[tokio::test]
-async fn marks_of_unknown_households_and_bad_seasons_are_dropped() {
-    let (_d, store) = store().await;
+async fn marks_of_unknown_households_and_bad_seasons_are_dropped(kind: pg_support::Kind) {
+    let (_d, store) = store(kind).await;
     store
         .mark_dirty(&[
             ("hh-gone".into(), "2025-2026".into()),
@@ -218,3 +214,11 @@ async fn marks_of_unknown_households_and_bad_seasons_are_dropped() {
         .unwrap()
         .is_none());
 }
+
+on_both_backends!(
+    repeats_are_ignored_and_conflicts_keep_the_first_value,
+    quarantine_rows_count_once_per_message_item,
+    a_mark_made_during_a_recompute_survives_it,
+    recomputing_twice_changes_nothing,
+    marks_of_unknown_households_and_bad_seasons_are_dropped,
+);

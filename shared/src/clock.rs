@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Name of the test-only environment variable that selects an accelerated clock:
-/// `QINGNUAN_CLOCK="start=<UTC Unix seconds>,speed=<factor>"`.
+/// `QINGNUAN_CLOCK="start=<UTC Unix seconds>,speed=<factor>"` ([`ScaledClock`]), or with
+/// any of `fast`, `slow_within`, `hold_ms`, `epoch` added, a [`WarpedClock`].
 pub const CLOCK_ENV: &str = "QINGNUAN_CLOCK";
 
 /// A source of the current instant, and of how long to really wait for a future one.
@@ -103,9 +104,22 @@ pub enum ClockSpecError {
     /// `speed` not a positive integer.
     #[error("speed must be a positive integer")]
     Speed,
-    /// A key other than `start` and `speed`.
-    #[error("unknown key (only start and speed)")]
+    /// A key other than `start` and `speed` (and, for a [`WarpedClock`], `fast`,
+    /// `slow_within`, `hold_ms`, `epoch`).
+    #[error("unknown key (start, speed; warped: fast, slow_within, hold_ms, epoch)")]
     UnknownKey,
+    /// `fast` not a positive integer.
+    #[error("fast must be a positive integer")]
+    Fast,
+    /// `slow_within` not a non-negative integer (simulated seconds).
+    #[error("slow_within must be simulated seconds, 0 or more")]
+    SlowWithin,
+    /// `hold_ms` not a non-negative integer (real milliseconds).
+    #[error("hold_ms must be real milliseconds, 0 or more")]
+    Hold,
+    /// `epoch` not an integer (UTC Unix milliseconds of the wall clock).
+    #[error("epoch must be wall-clock UTC Unix milliseconds")]
+    Epoch,
 }
 
 impl Clock for ScaledClock {
@@ -121,13 +135,31 @@ impl Clock for ScaledClock {
     }
 }
 
+/// Parses a [`CLOCK_ENV`] value: `start=…,speed=…` alone is a [`ScaledClock`]; with any
+/// of `fast`, `slow_within`, `hold_ms`, `epoch` it is a [`WarpedClock`].
+pub fn parse(spec: &str) -> Result<SharedClock, ClockSpecError> {
+    let warped = spec.split(',').any(|p| {
+        let k = p.split_once('=').map_or(p, |(k, _)| k).trim();
+        WARP_KEYS.contains(&k)
+    });
+    if warped {
+        Ok(Arc::new(WarpedClock::parse(spec)?))
+    } else {
+        Ok(Arc::new(ScaledClock::parse(spec)?))
+    }
+}
+
 /// The wall clock, or the accelerated one when [`CLOCK_ENV`] is set (tests only).
 pub fn from_env() -> Result<SharedClock, ClockSpecError> {
     match std::env::var(CLOCK_ENV) {
-        Ok(spec) if !spec.trim().is_empty() => Ok(Arc::new(ScaledClock::parse(&spec)?)),
+        Ok(spec) if !spec.trim().is_empty() => parse(&spec),
         _ => Ok(Arc::new(SystemClock)),
     }
 }
+
+mod warp;
+pub use warp::WarpedClock;
+use warp::WARP_KEYS;
 
 #[cfg(test)]
 mod tests {
@@ -158,6 +190,25 @@ mod tests {
         );
         assert_eq!(
             ScaledClock::parse("start=1,foo=2").unwrap_err(),
+            ClockSpecError::UnknownKey
+        );
+        // The warped keys belong to the warped clock only.
+        assert_eq!(
+            ScaledClock::parse("start=1,fast=2").unwrap_err(),
+            ClockSpecError::UnknownKey
+        );
+        assert_eq!(parse("start=1,fast=x").unwrap_err(), ClockSpecError::Fast);
+        assert_eq!(parse("start=1,epoch=x").unwrap_err(), ClockSpecError::Epoch);
+        assert_eq!(
+            parse("start=1,hold_ms=-1").unwrap_err(),
+            ClockSpecError::Hold
+        );
+        assert_eq!(
+            parse("start=1,slow_within=-1").unwrap_err(),
+            ClockSpecError::SlowWithin
+        );
+        assert_eq!(
+            parse("start=1,fast=2,foo=1").unwrap_err(),
             ClockSpecError::UnknownKey
         );
     }

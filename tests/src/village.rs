@@ -11,7 +11,10 @@
 //!
 //! Every process gets `QINGNUAN_CLOCK=start=<village now>,speed=<n>` when it is
 //! (re)started, so all clocks agree to within process start-up time (which the
-//! meters' quiet margin absorbs, see [`meters::MeterModel`]).
+//! meters' quiet margin absorbs, see [`meters::MeterModel`], and [`skew`] learns).
+//! With [`VillageSpec::warp`] every process gets the same warped clock instead
+//! ([`WarpedClock`]: slow around boundaries, still at them, racing elsewhere), anchored
+//! at one wall-clock epoch, so all clocks agree exactly and nothing needs learning.
 
 pub mod meters;
 pub mod server_proc;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qingnuan_shared::calendar::Calendar;
-use qingnuan_shared::clock::{Clock, ScaledClock, SharedClock};
+use qingnuan_shared::clock::{Clock, ScaledClock, SharedClock, SystemClock, WarpedClock};
 use qingnuan_shared::policy::Policy;
 use qingnuan_shared::wire::ReadingsBatch;
 use qingnuan_shared::UnixTime;
@@ -64,6 +67,34 @@ pub struct VillageSpec {
     pub timeout_ms: u64,
     /// First day of every meter's validity in the registry (`YYYY-MM-DD`, local).
     pub registry_from: String,
+    /// Simulated seconds between the agents' heartbeats.
+    pub heartbeat_s: u64,
+    /// A warped clock (`speed` is then its slow factor) instead of a scaled one.
+    pub warp: Option<Warp>,
+}
+
+/// The warped clock of a village: `speed`× within `slow_within_s` of every boundary,
+/// still for `hold_ms` at each, `fast`× elsewhere (see [`WarpedClock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Warp {
+    /// Speed-up away from boundaries.
+    pub fast: u32,
+    /// Half-width of the slow stretch around each boundary, simulated seconds.
+    pub slow_within_s: i64,
+    /// Real ms the clock stands still at each boundary.
+    pub hold_ms: u64,
+    /// Real ms from building the village to the epoch at which its clock starts from
+    /// `start` (the processes start meanwhile; before the epoch every clock reads `start`).
+    pub lead_ms: u64,
+}
+
+/// The village clock and how processes get the same one.
+#[derive(Debug, Clone)]
+enum VillageClock {
+    /// Scaled from each process's own start (`start=<now>,speed=<n>`).
+    Scaled(Arc<ScaledClock>),
+    /// One warped mapping for everybody, with its `QINGNUAN_CLOCK` value.
+    Warped(Arc<WarpedClock>, String),
 }
 
 /// The running village; every process and server is stopped on drop.
@@ -82,13 +113,13 @@ pub struct Village {
     pub server: ServerProcess,
     /// Gateway ids, in order.
     pub gateways: Vec<String>,
-    clock: Arc<ScaledClock>,
+    clock: VillageClock,
     lines: Vec<MeterLine>,
     uplinks: Vec<Uplink>,
     agents: Vec<Option<AgentProcess>>,
     agent_configs: Vec<PathBuf>,
     skews: Skews,
-    skew_task: tokio::task::JoinHandle<()>,
+    skew_task: Option<tokio::task::JoinHandle<()>>,
     dir: tempfile::TempDir,
 }
 
@@ -116,22 +147,47 @@ impl Village {
             quiet_s: spec.quiet_s,
         });
         let board = Arc::new(MeterBoard::default());
-        let dir = tempfile::tempdir()?;
+        // A warped clock races through fsyncs: keep spools and store off a busy disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = match spec.warp {
+            Some(_) if shm.is_dir() => tempfile::tempdir_in(shm)?,
+            _ => tempfile::tempdir()?,
+        };
         let broker = Broker::start()?;
         let capture = Collector::start_persistent(&broker.url(), "qn/v1/gw/+/readings").await?;
         let csv = dir.path().join("registry.csv");
         std::fs::write(&csv, fleet.registry_csv(&spec.registry_from))?;
-        let clock = Arc::new(ScaledClock::new(
-            spec.start.saturating_mul(1000),
-            spec.speed,
-        ));
-        let shared: SharedClock = clock.clone();
+        let (clock, epoch_ms) = match spec.warp {
+            None => (
+                VillageClock::Scaled(Arc::new(ScaledClock::new(
+                    spec.start.saturating_mul(1000),
+                    spec.speed,
+                ))),
+                None,
+            ),
+            Some(w) => {
+                let epoch = SystemClock
+                    .now_ms()
+                    .saturating_add(i64::try_from(w.lead_ms).unwrap_or(i64::MAX));
+                let text = format!(
+                    "start={},speed={},fast={},slow_within={},hold_ms={},epoch={epoch}",
+                    spec.start, spec.speed, w.fast, w.slow_within_s, w.hold_ms
+                );
+                let c = WarpedClock::parse(&text).map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
+                (VillageClock::Warped(Arc::new(c), text), Some(epoch))
+            }
+        };
+        let shared: SharedClock = clock.shared();
         let mut server = ServerProcess::configure(dir.path(), &broker.url(), free_port()?)?;
-        server.import_registry(&csv, &spec_of(&clock))?;
-        server.start(&spec_of(&clock)).await?;
+        server.import_registry(&csv, &clock.spec())?;
+        server.start(&clock.spec()).await?;
         let gateways: Vec<String> = (1..=spec.gateways).map(|g| format!("gw-{g:04}")).collect();
         let skews = Skews::new(&gateways);
-        let skew_task = skews.follow(broker.port(), shared.clone()).await?;
+        // A warped clock is the same in every process: there is no offset to learn.
+        let skew_task = match &clock {
+            VillageClock::Scaled(_) => Some(skews.follow(broker.port(), shared.clone()).await?),
+            VillageClock::Warped(..) => None,
+        };
         let mut v = Self {
             fleet,
             model,
@@ -170,6 +226,7 @@ impl Village {
                 .join("\n");
             let mut cfg = AgentConfig::new(gw, &up.url(), &gdir.join("spool"), &bus);
             cfg.interval_s = spec.interval_s;
+            cfg.heartbeat_s = spec.heartbeat_s;
             cfg.always = true;
             cfg.max_bytes = 16 << 20;
             v.agent_configs.push(cfg.write(&gdir)?);
@@ -180,27 +237,50 @@ impl Village {
         for i in 0..gateways.len() {
             v.start_agent(i)?;
         }
+        if let Some(epoch) = epoch_ms {
+            let late = SystemClock.now_ms() - epoch;
+            anyhow::ensure!(
+                late <= 0,
+                "the village took {late} ms longer to start than its clock's lead: raise lead_ms"
+            );
+        }
         Ok(v)
     }
 
     /// The village's simulated now, UTC Unix seconds.
     pub fn now(&self) -> UnixTime {
-        self.clock.now()
+        self.clock.shared().now()
     }
 
-    /// `start=<now>,speed=<n>` for a process started now.
+    /// The `QINGNUAN_CLOCK` value for a process started now: `start=<now>,speed=<n>`,
+    /// or the village's one warped clock.
     pub fn clock_spec(&self) -> String {
-        spec_of(&self.clock)
+        self.clock.spec()
     }
 
     /// Sleeps (really) until the simulated instant `t`.
     pub async fn sleep_until(&self, t: UnixTime) {
-        tokio::time::sleep(self.clock.real_until(t.saturating_mul(1000))).await;
+        tokio::time::sleep(self.clock.shared().real_until(t.saturating_mul(1000))).await;
     }
 
-    /// Real time that `sim_s` simulated seconds take.
+    /// Real time that `sim_s` simulated seconds take from now.
     pub fn real_for(&self, sim_s: u64) -> Duration {
-        self.clock.real_for(Duration::from_secs(sim_s))
+        self.clock.shared().real_for(Duration::from_secs(sim_s))
+    }
+
+    /// The simulated instant `real` of real time after the clock read `t` (seconds).
+    pub fn sim_after_real(&self, t: UnixTime, real: Duration) -> UnixTime {
+        let real_ns = i128::try_from(real.as_nanos()).unwrap_or(i128::MAX / 4);
+        match &self.clock {
+            VillageClock::Scaled(c) => {
+                let sim_ms = real_ns * i128::from(c.speed()) / 1_000_000;
+                t.saturating_add(i64::try_from(sim_ms / 1000).unwrap_or(i64::MAX))
+            }
+            VillageClock::Warped(c, _) => {
+                let at = c.real_ns_at(t.saturating_mul(1000));
+                c.sim_ms_at(at.saturating_add(real_ns)).div_euclid(1000)
+            }
+        }
     }
 
     /// The village clock minus gateway `i`'s agent clock, simulated seconds.
@@ -307,14 +387,28 @@ impl Village {
     }
 }
 
-/// `QINGNUAN_CLOCK` for a process started now on `clock`.
-fn spec_of(clock: &ScaledClock) -> String {
-    format!("start={},speed={}", clock.now(), clock.speed())
+impl VillageClock {
+    fn shared(&self) -> SharedClock {
+        match self {
+            VillageClock::Scaled(c) => c.clone(),
+            VillageClock::Warped(c, _) => c.clone(),
+        }
+    }
+
+    /// `QINGNUAN_CLOCK` for a process started now.
+    fn spec(&self) -> String {
+        match self {
+            VillageClock::Scaled(c) => format!("start={},speed={}", c.now(), c.speed()),
+            VillageClock::Warped(_, text) => text.clone(),
+        }
+    }
 }
 
 impl Drop for Village {
     fn drop(&mut self) {
-        self.skew_task.abort();
+        if let Some(t) = &self.skew_task {
+            t.abort();
+        }
     }
 }
 

@@ -77,6 +77,8 @@ async fn a_december_of_faults_still_pays_exactly() -> anyhow::Result<()> {
         meters_per_bus: 1,
         timeout_ms: 40,
         registry_from: REGISTRY_FROM.into(),
+        heartbeat_s: 3600,
+        warp: None,
     };
     let mut v = Village::start(&spec).await?;
     let on = |gw: &str| -> Vec<String> { v.fleet.on_gateway(gw).map(|h| h.id.clone()).collect() };

@@ -37,8 +37,9 @@ const QOS0_BATCH_PACKETS: u64 = 200;
 /// What the embedded broker listens on and how much it buffers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
-    /// TCP address to listen on; must be a loopback address (the broker has no
-    /// authentication). Port 0 picks a free port (see [`super::EmbeddedBroker::start`]).
+    /// TCP address to listen on; a loopback address unless `users` is set (without users
+    /// there is no authentication). Port 0 picks a free port (see
+    /// [`super::EmbeddedBroker::start`]). With `acl` the ACL front listens here.
     pub listen: SocketAddr,
     /// Largest accepted MQTT packet, bytes; a bigger packet closes the connection.
     pub max_packet_bytes: usize,
@@ -53,8 +54,10 @@ pub struct BrokerSettings {
     pub log_connections: bool,
     /// Users (a Mosquitto password file): with them every client must log in as one of
     /// them, and the broker may listen beyond loopback. Without: anonymous, loopback only.
-    /// rumqttd 0.20 has no topic ACL: see the module doc for what is enforced instead.
     pub users: Option<std::sync::Arc<super::passwd::Passwd>>,
+    /// Topic rules (a Mosquitto ACL file), enforced by the ACL front (`front.rs`) that then
+    /// listens on `listen` while rumqttd moves to a loopback port. Needs `users`.
+    pub acl: Option<std::sync::Arc<super::acl::Acl>>,
 }
 
 impl Default for BrokerSettings {
@@ -67,6 +70,7 @@ impl Default for BrokerSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_connections: false,
             users: None,
+            acl: None,
         }
     }
 }
@@ -102,6 +106,9 @@ impl BrokerSettings {
                 "listen {}: the embedded broker has no authentication, use a loopback address",
                 self.listen
             ));
+        }
+        if self.acl.is_some() && self.users.is_none() {
+            return Err("an ACL needs users: set the password file too".into());
         }
         if self.segment_bytes < 1024 {
             return Err(format!("segment_bytes {} < 1024", self.segment_bytes));

@@ -6,16 +6,24 @@ Mosquitto or EMQX stays the production broker (DESIGN.md, "Embedded broker cauti
 one is for the demo, a laptop and a single small village.
 
 # What it speaks
-- MQTT 3.1.1 (v4) over plain TCP; loopback only and anonymous, unless
+- MQTT 3.1.1 (v4) over plain TCP (no TLS: put a TLS-terminating proxy in front, or use
+  Mosquitto); loopback only and anonymous, unless
   [`BrokerSettings::users`] (`[mqtt] embedded_passwd_file`, a Mosquitto password file) is
   set: then every client must log in as one of its users, and any address may be used.
-- **No topic ACL**: rumqttd 0.20 has no hook to authorise a publish or a subscription, so a
-  logged-in gateway can publish under another gateway's prefix (pinned by
-  `server/tests/broker_acl.rs`). What stops it from mattering much: ingest quarantines
-  readings of a meter the registry places on another gateway (`spoofed`, with the
-  `spoofed_reading` alarm); a gateway speaking under another's prefix for that gateway's
-  own meters is not detectable here. Use Mosquitto with `deploy/mosquitto/acl` where
-  gateways are not trusted.
+- **Topic ACL** with users: the same rules as Mosquitto with `deploy/mosquitto/acl`
+  ([`DEPLOY_ACL`], or the Mosquitto ACL file `[mqtt] embedded_acl_file`): a gateway (user
+  `gw`) publishes only under `qn/v1/gw/gw/` and subscribes only to its config topic;
+  `qingnuan-server` reads every gateway's topics. rumqttd 0.20 has no hook to authorise a
+  publish or a subscription, so an ACL front (`front.rs`) listens on the public address
+  and relays each client to rumqttd on a loopback port, dropping a denied PUBLISH (QoS 1
+  still gets its PUBACK, as from Mosquitto; counted in [`DENIED_PUBLISHES`] and `/metrics`)
+  and answering 0x80 for a denied subscription filter (stricter than Mosquitto 2, which
+  grants it and delivers nothing). Client ids are kept per user (`<user>:<id>` inside), so
+  a gateway cannot take over the server's session. Pinned by `server/tests/broker_acl.rs`
+  (the same scenarios as on Mosquitto) and `broker_front.rs`. A denied last will is
+  dropped from the CONNECT. rumqttd's loopback port is reachable from the host itself
+  (with a valid login, but past the ACL): the host is trusted.
+  Without users: anonymous, loopback only, no ACL.
 - QoS 0 and 1 (rumqttd also has QoS 2, unused and untested here).
 - Retained messages, and last wills (a will with `retain` becomes the retained message, as the
   agents' `status` needs).
@@ -61,9 +69,13 @@ Memory follows: each filter with traffic grows to its budget (80 MiB at most) an
   [`LOG_DIRECTIVE`] to the binary's `EnvFilter`. No global subscriber is installed here.
 */
 
+mod acl;
 mod config;
+mod front;
 mod passwd;
 
+pub use acl::{Acl, ClientAcl, DEPLOY_ACL};
+pub use front::{DENIED_PUBLISHES, DENIED_SUBSCRIPTIONS};
 pub use passwd::Passwd;
 
 pub use config::{
@@ -73,12 +85,38 @@ pub use config::{
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::task::Poll;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
+
+/// The ACL of `run`'s embedded broker: `[mqtt] embedded_acl_file`, or [`DEPLOY_ACL`]. Checked
+/// to let the server's own user (`[mqtt] username`) subscribe to what ingest does, so a user
+/// the ACL does not name fails at start instead of receiving nothing.
+pub fn acl_of(config: &crate::config::Config) -> Result<Acl, crate::config::ConfigError> {
+    let invalid = |key, message| crate::config::ConfigError::Invalid { key, message };
+    let acl = match &config.mqtt.embedded_acl_file {
+        Some(path) => Acl::load(path).map_err(|m| invalid("mqtt.embedded_acl_file", m))?,
+        None => Acl::parse(DEPLOY_ACL).map_err(|m| invalid("mqtt.embedded_acl_file", m))?,
+    };
+    let user = config.mqtt.username.clone().unwrap_or_default();
+    let rules = acl.for_client(Some(&user), &config.client_id());
+    for f in crate::ingest::filters(config) {
+        if !rules.may_subscribe(&f) {
+            return Err(invalid(
+                "mqtt.username",
+                format!(
+                    "{user:?}: the embedded broker's ACL does not let it read {f} (name it in \
+                     embedded_acl_file, or log in as qingnuan-server)"
+                ),
+            ));
+        }
+    }
+    Ok(acl)
+}
 
 /// `EnvFilter` directive for the binary: keeps rumqttd's router warnings (message loss),
 /// drops its per-connection `info` lines.
@@ -123,11 +161,20 @@ impl EmbeddedBroker {
     /// (threads are spawned, nothing is awaited), so it may be called from async code.
     pub fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
         settings.validate().map_err(BrokerError::Settings)?;
+        // With an ACL, the front takes the public address and rumqttd a loopback port.
+        let front = match &settings.acl {
+            Some(acl) => Some((bind_front(settings.listen)?, acl.clone())),
+            None => None,
+        };
+        let inner_listen = match &front {
+            Some(_) => SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+            None => settings.listen,
+        };
         // Probe first: a taken fixed port fails here, before the router thread (which cannot
         // be stopped) exists.
-        let mut addr = free_port(settings.listen)?;
+        let mut addr = free_port(inner_listen)?;
         let router_tx = rumqttd::Router::new(0, settings.router()).spawn();
-        let pick_port = settings.listen.port() == 0;
+        let pick_port = inner_listen.port() == 0;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -137,11 +184,28 @@ impl EmbeddedBroker {
                 router_tx.clone(),
                 rumqttd::protocol::v4::V4,
             );
-            match spawn_listener(server, addr, settings.log_connections) {
+            let front_now = match &front {
+                Some(((listener, public), acl)) => Some(Front {
+                    listener: listener.try_clone().map_err(|source| BrokerError::Bind {
+                        addr: *public,
+                        source,
+                    })?,
+                    config: Arc::new(front::FrontConfig {
+                        inner: addr,
+                        acl: acl.clone(),
+                        max_packet_bytes: settings.max_packet_bytes,
+                        connect_timeout: Duration::from_millis(u64::from(
+                            DEFAULT_CONNECT_TIMEOUT_MS,
+                        )),
+                    }),
+                }),
+                None => None,
+            };
+            match spawn_listener(server, addr, settings.log_connections, front_now) {
                 Ok((stop, thread)) => {
                     debug!(%addr, "embedded MQTT broker listening");
                     return Ok(EmbeddedBroker {
-                        addr,
+                        addr: front.as_ref().map_or(addr, |((_, public), _)| *public),
                         stop: Some(stop),
                         thread: Some(thread),
                     });
@@ -152,7 +216,7 @@ impl EmbeddedBroker {
                         && attempt < BIND_ATTEMPTS =>
                 {
                     warn!(%addr, "free port taken before the embedded broker bound it; trying another");
-                    addr = free_port(settings.listen)?;
+                    addr = free_port(inner_listen)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -192,6 +256,24 @@ impl Drop for EmbeddedBroker {
     }
 }
 
+/// The ACL front's listener on the public address, and that address (its real port).
+fn bind_front(listen: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), BrokerError> {
+    let bind = |source| BrokerError::Bind {
+        addr: listen,
+        source,
+    };
+    let l = std::net::TcpListener::bind(listen).map_err(bind)?;
+    l.set_nonblocking(true).map_err(bind)?;
+    let addr = l.local_addr().map_err(bind)?;
+    Ok((l, addr))
+}
+
+/// The ACL front handed to the listener thread.
+struct Front {
+    listener: std::net::TcpListener,
+    config: Arc<front::FrontConfig>,
+}
+
 /// `listen` with its port if that was free a moment ago, or with a port that was free a
 /// moment ago if it is 0 (see the module doc for the race).
 fn free_port(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
@@ -211,6 +293,7 @@ fn spawn_listener(
     server: rumqttd::Server<rumqttd::protocol::v4::V4>,
     addr: SocketAddr,
     log_connections: bool,
+    front: Option<Front>,
 ) -> Result<(oneshot::Sender<()>, JoinHandle<()>), BrokerError> {
     let quiet = !log_connections;
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
@@ -222,7 +305,7 @@ fn spawn_listener(
             let _quiet = quiet.then(|| {
                 tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default())
             });
-            listen(server, addr, ready_tx, stop_rx);
+            listen(server, addr, front, ready_tx, stop_rx);
         })
         .map_err(|e| BrokerError::Start(format!("listener thread: {e}")))?;
     match ready_rx.recv() {
@@ -244,6 +327,7 @@ fn spawn_listener(
 fn listen(
     mut server: rumqttd::Server<rumqttd::protocol::v4::V4>,
     addr: SocketAddr,
+    front: Option<Front>,
     ready: mpsc::Sender<Ready>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -265,6 +349,17 @@ fn listen(
         if let Poll::Ready(result) = first {
             let _ = ready.send(Err(bind_error(addr, result)));
             return;
+        }
+        if let Some(f) = front {
+            match tokio::net::TcpListener::from_std(f.listener) {
+                Ok(l) => {
+                    tokio::spawn(front::serve(l, f.config));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(BrokerError::Start(format!("ACL front: {e}"))));
+                    return;
+                }
+            }
         }
         let _ = ready.send(Ok(()));
         tokio::select! {

@@ -265,6 +265,9 @@ async fn guard_layer(State(g): State<Arc<Guard>>, mut req: Request, next: Next) 
             &format!("the body is larger than {limit} bytes"),
         );
     }
+    // A chunked body has no length to check up front: it is cut off at `limit` as read
+    // (the extractors answer 413).
+    let req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)));
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the request timed out"),

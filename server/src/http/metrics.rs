@@ -128,6 +128,17 @@ async fn render(app: &App) -> Result<String, ApiError> {
         "1 while the broker has acknowledged the subscriptions.",
         i64::from(st.subscribed.load(Relaxed)),
     );
+    e.family(
+        "qingnuan_broker_acl_denied_total",
+        "counter",
+        "Embedded broker: PUBLISH packets dropped and SUBSCRIBE filters refused by its ACL.",
+    );
+    for (what, v) in [
+        ("publish", &crate::broker::DENIED_PUBLISHES),
+        ("subscribe", &crate::broker::DENIED_SUBSCRIPTIONS),
+    ] {
+        e.sample("qingnuan_broker_acl_denied_total", &[("what", what)], n(v));
+    }
 
     e.family(
         "qingnuan_quarantine_rows",

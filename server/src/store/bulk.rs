@@ -3,9 +3,13 @@
 
 use std::collections::HashMap;
 
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
-use super::{HouseholdRow, MeterRow, NightRow, StatementRow, Store, StoreError, StoredReading};
+use super::sql::QueryBuilder;
+
+use super::{
+    Backend, HouseholdRow, MeterRow, NightRow, StatementRow, Store, StoreError, StoredReading,
+};
 
 /// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
 const IDS: usize = 500;
@@ -34,6 +38,9 @@ pub struct SaveSummary {
     pub nights_removed: u64,
     /// Night rows already stored exactly as computed (not rewritten).
     pub nights_unchanged: u64,
+    /// Pairs not saved because their dirty mark moved on or was cleared since it was read
+    /// (another replica saved newer figures, or will): PostgreSQL only.
+    pub stale: u64,
 }
 
 impl Store {
@@ -46,7 +53,8 @@ impl Store {
         let mut out = RoundInputs::default();
         let mut conn = self.pool.acquire().await?;
         for ids in households.chunks(IDS) {
-            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
                 "SELECT id, district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id IN ",
             );
             qb.push_tuples(ids, |mut b, id| {
@@ -64,7 +72,8 @@ impl Store {
                 };
                 out.households.insert(h.id.clone(), h);
             }
-            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
                 "SELECT household, meter, valid_from, valid_to, gateway FROM meters WHERE household IN ",
             );
             qb.push_tuples(ids, |mut b, id| {
@@ -93,7 +102,8 @@ impl Store {
         for ids in meters.chunks(IDS) {
             // One row per meter with its readings packed as text: fetching a row per
             // reading costs microseconds each, packing is done inside the database.
-            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
                 "SELECT meter, string_agg(CAST(ts AS TEXT) || ',' || CAST(e_wh AS TEXT) || ',' || \
                  COALESCE(CAST(e_valley_wh AS TEXT), ''), ';' ORDER BY ts) FROM readings WHERE meter IN ",
             );
@@ -107,7 +117,8 @@ impl Store {
                 let packed: &str = r.get(1);
                 out.readings.insert(r.get(0), unpack(packed)?);
             }
-            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
                 "SELECT DISTINCT meter, ts FROM reading_conflicts WHERE meter IN ",
             );
             qb.push_tuples(ids, |mut b, id| {
@@ -130,12 +141,24 @@ impl Store {
         now: i64,
     ) -> Result<SaveSummary, StoreError> {
         let mut sum = SaveSummary::default();
-        // IMMEDIATE: this transaction reads the stored nights, then writes; a deferred one
-        // would fail with SQLITE_BUSY (not retried by busy_timeout) if ingest committed
-        // in between, and reading outside it could skip a night another writer changed.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // IMMEDIATE (SQLite): this transaction reads the stored nights, then writes; a
+        // deferred one would fail with SQLITE_BUSY (not retried by busy_timeout) if ingest
+        // committed in between, and reading outside it could skip a night another writer
+        // changed.
+        let mut tx = self.begin_write(super::WriteLock::Figures).await?;
+        let items: Vec<&(StatementRow, Vec<NightRow>, Option<i64>)> = match self.backend {
+            super::Backend::Sqlite => items.iter().collect(),
+            super::Backend::Postgres => {
+                let all = items
+                    .iter()
+                    .map(|i| (i.0.household.as_str(), i.0.season.as_str(), i.2, i));
+                let keep = fresh(&mut tx, all).await?;
+                sum.stale = (items.len() - keep.len()) as u64;
+                keep
+            }
+        };
         let mut by_season: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (s, _, _) in items {
+        for (s, _, _) in &items {
             by_season
                 .entry(s.season.as_str())
                 .or_default()
@@ -146,7 +169,8 @@ impl Store {
         let mut stored: HashMap<(String, String), NightRow> = HashMap::new();
         for (season, households) in &by_season {
             for ids in households.chunks(IDS) {
-                let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
                     "SELECT household, string_agg(night || ',' || CAST(wh AS TEXT) || ',' || quality || ',' || flags, '|') \
                      FROM nights WHERE season = ",
                 );
@@ -167,7 +191,8 @@ impl Store {
         // The few stored nights with a detail (readings set aside), compared in full.
         for (season, households) in &by_season {
             for ids in households.chunks(IDS) {
-                let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                    self.backend,
                     "SELECT household, night, detail FROM nights WHERE detail <> '' AND season = ",
                 );
                 qb.push_bind(*season).push(" AND household IN ");
@@ -182,7 +207,7 @@ impl Store {
             }
         }
         let mut changed: Vec<(&str, &str, &NightRow)> = Vec::new();
-        for (s, nights, _) in items {
+        for (s, nights, _) in &items {
             for n in nights {
                 match stored.remove(&(s.household.clone(), n.night.clone())) {
                     Some(old) if old == *n => sum.nights_unchanged += 1,
@@ -191,7 +216,8 @@ impl Store {
             }
         }
         for chunk in changed.chunks(NIGHT_ROWS) {
-            let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
                 "INSERT INTO nights (household, night, season, wh, quality, flags, detail) ",
             );
             qb.push_values(chunk, |mut b, (hh, season, n)| {
@@ -213,8 +239,10 @@ impl Store {
         // Stored nights the new figures no longer have (a registry change shortened a season).
         let gone: Vec<&(String, String)> = stored.keys().collect();
         for chunk in gone.chunks(IDS) {
-            let mut qb: QueryBuilder<'_, Sqlite> =
-                QueryBuilder::new("DELETE FROM nights WHERE (household, night) IN (VALUES ");
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
+                "DELETE FROM nights WHERE (household, night) IN (VALUES ",
+            );
             let mut sep = qb.separated(", ");
             for (hh, night) in chunk {
                 sep.push("(")
@@ -228,21 +256,70 @@ impl Store {
         }
         for chunk in items.chunks(IDS / 2) {
             let chunk: Vec<_> = chunk.iter().map(|(s, _, gen)| (s, *gen)).collect();
-            save_statements(&mut tx, &chunk, now).await?;
+            save_statements(&mut tx, self.backend, &chunk, now).await?;
         }
         tx.commit().await?;
         Ok(sum)
     }
 }
 
+/// Keeps the pairs whose figures may be saved, after locking the `dirty` rows of those
+/// saved with a generation (PostgreSQL: `FOR UPDATE`, in one key order so that concurrent
+/// savers never deadlock). A pair whose mark is gone or newer than the one its figures were
+/// computed from is dropped: another replica saved figures from inputs at least as new (a
+/// gone mark), or the newer mark will be recomputed; writing the older figures over them
+/// would be a lost update. Generations come from one sequence (a trigger in the PostgreSQL
+/// schema), so a cleared and re-made mark never repeats a generation.
+pub(super) async fn fresh<'i, T>(
+    tx: &mut Transaction<'_, Any>,
+    items: impl IntoIterator<Item = (&'i str, &'i str, Option<i64>, T)>,
+) -> Result<Vec<T>, StoreError> {
+    let items: Vec<_> = items.into_iter().collect();
+    let mut keys: Vec<(&str, &str)> = items
+        .iter()
+        .filter(|(_, _, gen, _)| gen.is_some())
+        .map(|(hh, season, _, _)| (*hh, *season))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut current: HashMap<(String, String), i64> = HashMap::new();
+    for chunk in keys.chunks(IDS) {
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+            Backend::Postgres,
+            "SELECT household, season, gen FROM dirty WHERE (household, season) IN (VALUES ",
+        );
+        let mut sep = qb.separated(", ");
+        for (hh, season) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(*hh)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*season)
+                .push_unseparated(")");
+        }
+        qb.push(r#") ORDER BY household COLLATE "C", season COLLATE "C" FOR UPDATE"#);
+        for r in qb.build().fetch_all(&mut **tx).await? {
+            current.insert((r.get(0), r.get(1)), r.get::<i64, _>(2));
+        }
+    }
+    Ok(items
+        .into_iter()
+        .filter(|(hh, season, gen, _)| {
+            gen.is_none_or(|g| current.get(&(hh.to_string(), season.to_string())) == Some(&g))
+        })
+        .map(|(_, _, _, t)| t)
+        .collect())
+}
+
 /// Upserts statements (computed at `now`) and clears each dirty mark still at the
 /// generation given; the one place that writes `statements`.
 pub(super) async fn save_statements(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     items: &[(&StatementRow, Option<i64>)],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+    let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+        backend,
         "INSERT INTO statements (household, season, offpeak_wh, subsidised_wh, cap_wh, cap_reached_on, city_fen,
            district_fen, valley_charge_fen, nights_actual, nights_estimated, nights_missing, flags, computed_at) ",
     );
@@ -278,8 +355,10 @@ pub(super) async fn save_statements(
     if marks.is_empty() {
         return Ok(());
     }
-    let mut qb: QueryBuilder<'_, Sqlite> =
-        QueryBuilder::new("DELETE FROM dirty WHERE (household, season, gen) IN (VALUES ");
+    let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+        backend,
+        "DELETE FROM dirty WHERE (household, season, gen) IN (VALUES ",
+    );
     let mut sep = qb.separated(", ");
     for (hh, season, gen) in marks {
         sep.push("(")
@@ -437,7 +516,8 @@ mod tests {
             SaveSummary {
                 nights_written: 2,
                 nights_removed: 1,
-                nights_unchanged: 1
+                nights_unchanged: 1,
+                stale: 0,
             }
         );
         assert_eq!(

@@ -1,4 +1,4 @@
-//! The city feed's outbox (`migrations/0004_feed.sql`) and the figures the feed reads.
+//! The city feed's outbox (`migrations/*/0004_feed.sql`) and the figures the feed reads.
 //!
 //! Invariants: a batch's body is stored before any attempt to send it and never changes
 //! afterwards (every retry sends the same bytes under the same key); `idem_key` and
@@ -93,7 +93,7 @@ const OUTBOX_SELECT: &str =
     "SELECT id, idem_key, subject, night, revision, body, created, attempts,
     next_attempt, last_error, delivered FROM feed_outbox";
 
-fn outbox_row(r: &sqlx::sqlite::SqliteRow) -> OutboxRow {
+fn outbox_row(r: &sqlx::any::AnyRow) -> OutboxRow {
     OutboxRow {
         id: r.get(0),
         key: r.get(1),
@@ -116,7 +116,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT n.household, n.night, n.season, n.wh, n.quality, n.flags, h.district, h.town, h.village
              FROM nights n JOIN households h ON h.id = n.household
-             WHERE n.night >= ? AND n.night <= ? ORDER BY n.night, n.household",
+             WHERE n.night >= $1 AND n.night <= $2 ORDER BY n.night, n.household",
         )
         .bind(from)
         .bind(to)
@@ -148,7 +148,7 @@ impl Store {
     ) -> Result<BTreeMap<(String, String), LatestRevision>, StoreError> {
         let rows = sqlx::query(
             "SELECT subject, night, revision, digest, idem_key FROM feed_outbox
-             WHERE night >= ? AND night <= ?",
+             WHERE night >= $1 AND night <= $2",
         )
         .bind(from)
         .bind(to)
@@ -179,7 +179,7 @@ impl Store {
         for b in batches {
             new += sqlx::query(
                 "INSERT INTO feed_outbox (idem_key, subject, night, revision, digest, body, created,
-                   attempts, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)
+                   attempts, next_attempt) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)
                  ON CONFLICT DO NOTHING",
             )
             .bind(&b.key)
@@ -201,7 +201,7 @@ impl Store {
     /// Up to `limit` pending batches due at `now`, oldest first.
     pub async fn feed_due(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "{OUTBOX_SELECT} WHERE delivered IS NULL AND next_attempt <= ? ORDER BY id LIMIT ?"
+            "{OUTBOX_SELECT} WHERE delivered IS NULL AND next_attempt <= $1 ORDER BY id LIMIT $2"
         ))
         .bind(now)
         .bind(limit)
@@ -221,8 +221,8 @@ impl Store {
     /// Records a successful attempt.
     pub async fn feed_delivered(&self, id: i64, now: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE feed_outbox SET attempts = attempts + 1, delivered = ?, last_error = NULL
-             WHERE id = ? AND delivered IS NULL",
+            "UPDATE feed_outbox SET attempts = attempts + 1, delivered = $1, last_error = NULL
+             WHERE id = $2 AND delivered IS NULL",
         )
         .bind(now)
         .bind(id)
@@ -239,8 +239,8 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE feed_outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?
-             WHERE id = ? AND delivered IS NULL",
+            "UPDATE feed_outbox SET attempts = attempts + 1, next_attempt = $1, last_error = $2
+             WHERE id = $3 AND delivered IS NULL",
         )
         .bind(next_attempt)
         .bind(error)

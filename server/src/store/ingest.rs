@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
+
+use super::sql::QueryBuilder;
 
 use super::{Store, StoreError};
 
@@ -102,20 +104,61 @@ pub struct CommitSummary {
 /// Rows per multi-row INSERT (8 values each, far below SQLite's variable limit).
 const CHUNK: usize = 100;
 
+/// Runs of a PostgreSQL ingest transaction after a deadlock or serialization failure.
+const RETRIES: u32 = 5;
+
+/// Whether the database rolled the transaction back for a conflict with a concurrent one
+/// (PostgreSQL's `40P01` deadlock, `40001` serialization failure): then it may run again.
+pub(super) fn retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sql(e) => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "40P01" || c == "40001"),
+        _ => false,
+    }
+}
+
 impl Store {
     /// Commits a batch in one transaction. `dirty_of` names the (household, season)
     /// pairs a newly stored reading affects; repeats mark nothing.
+    ///
+    /// PostgreSQL, where replicas commit at once: readings are inserted in key order (a
+    /// stable sort: the first value of a key in arrival order is still the one kept), and
+    /// a transaction that lost a deadlock or a serialization check is run again (it
+    /// changed nothing).
     pub async fn commit_ingest(
         &self,
         batch: &IngestTx,
         dirty_of: impl Fn(&NewReading, &mut BTreeSet<(String, String)>),
     ) -> Result<CommitSummary, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_commit_ingest(batch, &dirty_of).await {
+                Err(e) if attempt < RETRIES && retryable(&e) => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "ingest commit retried: {e}");
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_commit_ingest(
+        &self,
+        batch: &IngestTx,
+        dirty_of: &impl Fn(&NewReading, &mut BTreeSet<(String, String)>),
+    ) -> Result<CommitSummary, StoreError> {
+        let mut readings: Vec<&NewReading> = batch.readings.iter().collect();
+        if self.backend == super::Backend::Postgres {
+            readings.sort_by(|a, b| (a.meter.as_bytes(), a.ts).cmp(&(b.meter.as_bytes(), b.ts)));
+        }
         let mut tx = self.pool.begin().await?;
         let mut sum = CommitSummary::default();
         let mut dirty = BTreeSet::new();
-        for chunk in batch.readings.chunks(CHUNK) {
-            let mut qb: QueryBuilder<'_, Sqlite> =
-                QueryBuilder::new("INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received) ");
+        for chunk in readings.chunks(CHUNK) {
+            let mut qb: QueryBuilder<'_> =
+                QueryBuilder::new(self.backend, "INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received) ");
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(&r.meter)
                     .push_bind(r.ts)
@@ -146,7 +189,7 @@ impl Store {
                     sum.conflicts += 1;
                     sqlx::query(
                         "INSERT INTO reading_conflicts (meter, ts, e_wh, e_valley_wh, gateway, received)
-                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     )
                     .bind(&r.meter)
                     .bind(r.ts)
@@ -160,7 +203,7 @@ impl Store {
             }
         }
         for f in &batch.failures {
-            sqlx::query("INSERT INTO read_failures (meter, ts, err, gateway) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            sqlx::query("INSERT INTO read_failures (meter, ts, err, gateway) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(&f.meter)
                 .bind(f.ts)
                 .bind(&f.err)
@@ -171,7 +214,7 @@ impl Store {
         for q in &batch.quarantine {
             let done = sqlx::query(
                 "INSERT INTO quarantine (msg_key, item, received, topic, gateway, reason, detail, payload)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(&q.msg_key)
             .bind(q.item)
@@ -187,7 +230,7 @@ impl Store {
         }
         for s in &batch.statuses {
             sqlx::query(
-                "UPDATE gateways SET state = ?, last_seen = ?, status_json = ? WHERE id = ?",
+                "UPDATE gateways SET state = $1, last_seen = $2, status_json = $3 WHERE id = $4",
             )
             .bind(&s.state)
             .bind(batch.received)
@@ -196,7 +239,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        super::results::mark_dirty_many(&mut tx, &dirty).await?;
+        super::results::mark_dirty_many(&mut tx, self.backend, &dirty).await?;
         sum.dirty = dirty.len() as u64;
         tx.commit().await?;
         Ok(sum)
@@ -241,7 +284,7 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(Option<String>, Option<i64>)>, StoreError> {
-        let r = sqlx::query("SELECT state, last_seen FROM gateways WHERE id = ?")
+        let r = sqlx::query("SELECT state, last_seen FROM gateways WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -249,11 +292,8 @@ impl Store {
     }
 }
 
-async fn same_as_stored(
-    tx: &mut Transaction<'_, Sqlite>,
-    r: &NewReading,
-) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT e_wh, e_valley_wh FROM readings WHERE meter = ? AND ts = ?")
+async fn same_as_stored(tx: &mut Transaction<'_, Any>, r: &NewReading) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT e_wh, e_valley_wh FROM readings WHERE meter = $1 AND ts = $2")
         .bind(&r.meter)
         .bind(r.ts)
         .fetch_optional(&mut **tx)

@@ -1,5 +1,7 @@
-//! The store: the only module that knows SQL. SQLite in WAL mode, one file, created and
-//! migrated on start; queries stay portable so a PostgreSQL store can share them.
+//! The store: the only module that knows SQL. SQLite in WAL mode, one file, or PostgreSQL
+//! for replicas (docs/scale.md); created and migrated on start (`migrations/sqlite`,
+//! `migrations/postgres`: the same schema). One set of queries through sqlx's `Any` driver
+//! (`$N` placeholders, `sql::QueryBuilder`); only locking and the mark generations differ.
 //!
 //! Invariants (what is on disk, what a crash leaves behind):
 //! - Every ingest batch is one transaction: its readings, read failures, quarantine
@@ -12,6 +14,9 @@
 //! - `dirty` lists the (household, season) pairs whose `nights`/`statements` are stale;
 //!   a mark is cleared only with the generation the recompute read, so a mark made during
 //!   a recompute survives it. After a crash the marks are still there and are recomputed.
+//!   PostgreSQL, where replicas recompute at once: generations come from one sequence, and
+//!   figures are saved only under a row lock on a mark still at the generation read
+//!   (`bulk::fresh`), so older figures never overwrite newer ones.
 //! - `nights` and `statements` are a pure function of `readings` and the registry: they can
 //!   be dropped and recomputed at any time.
 
@@ -22,12 +27,14 @@ pub mod monitor;
 mod registry;
 mod results;
 mod sink;
+mod sql;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use bulk::{RoundInputs, SaveSummary};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
@@ -57,24 +64,48 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
+/// Which database a [`Store`] talks to; the SQL is shared, only locking and a few
+/// statements differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file in WAL mode (or `sqlite::memory:`).
+    Sqlite,
+    /// A PostgreSQL database, shared by any number of server replicas.
+    Postgres,
+}
+
+/// What a read-then-write transaction must exclude (see [`Store::begin_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteLock {
+    /// Registry imports: one at a time.
+    Registry,
+    /// Saving recomputed figures: rows are locked as they are read.
+    Figures,
+}
+
 /// A handle on the store, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating and migrating) the store at `url` (`sqlite://path` or `sqlite::memory:`).
+    /// Opens (creating and migrating) the store at `url`: `sqlite://path`,
+    /// `sqlite::memory:`, or `postgres://…` (the database must exist; its schema is
+    /// created and migrated here, under PostgreSQL's migration lock, so replicas may start
+    /// at once).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let mut opts = SqliteConnectOptions::from_str(url)?
+        sqlx::any::install_default_drivers();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::open_postgres(url).await;
+        }
+        let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            // 64 MiB of page cache per connection (SQLite's default is 2 MiB): an ingest
-            // batch touches pages all over the readings key, and with a small cache they
-            // are read back from the WAL again and again (halves the insert rate here).
             .pragma("cache_size", "-65536");
         let memory = url.contains(":memory:");
         if !memory {
@@ -85,29 +116,85 @@ impl Store {
                     source,
                 })?;
             }
-        } else {
-            // One connection, or each would see its own empty in-memory database.
-            opts = opts.shared_cache(true);
-        }
-        if !memory {
-            // Switching a new file to WAL needs an exclusive lock, and SQLite does not
-            // wait for it: do it once on a lone connection before the pool opens several
-            // at once (WAL mode is then stored in the file, and later switches are no-ops).
+            // Create the file and switch it to WAL once on a lone connection before the
+            // pool opens several at once: the switch needs an exclusive lock, and SQLite
+            // does not wait for it (WAL mode is then stored in the file, later switches
+            // are no-ops).
             use sqlx::Connection;
             sqlx::SqliteConnection::connect_with(&opts)
                 .await?
                 .close()
                 .await?;
         }
-        let pool = SqlitePoolOptions::new()
+        // The pool connects from the URL alone (the `Any` driver takes no SQLite options),
+        // so each connection sets what the options above set, first thing.
+        let pool = AnyPoolOptions::new()
+            // One connection in memory, or each would see its own empty database.
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(opts)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        // 64 MiB of page cache per connection (SQLite's default is 2 MiB):
+                        // an ingest batch touches pages all over the readings key, and with
+                        // a small cache they are read back from the WAL again and again
+                        // (halves the insert rate here).
+                        "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                         PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                         PRAGMA cache_size = -65536;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    /// The database behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a transaction that reads and then writes. SQLite: `BEGIN IMMEDIATE` (a
+    /// deferred one fails with `SQLITE_BUSY`, which `busy_timeout` does not retry, when
+    /// another connection commits in between). PostgreSQL: registry imports take a
+    /// transaction-scoped advisory lock (one import at a time across replicas); saving
+    /// figures locks the `dirty` rows it reads (`FOR UPDATE`, in `bulk.rs`).
+    async fn begin_write(&self, lock: WriteLock) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                if lock == WriteLock::Registry {
+                    // Any constant key: only registry imports take it.
+                    sqlx::query("SELECT 1 FROM pg_advisory_xact_lock(7155110001)")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(tx)
+            }
+        }
     }
 
     /// Whether the database answers (health check).

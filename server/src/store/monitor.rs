@@ -1,4 +1,4 @@
-//! Monitoring tables (`migrations/0002_monitor.sql`): gateway and meter state as JSON of
+//! Monitoring tables (`migrations/*/0002_monitor.sql`): gateway and meter state as JSON of
 //! the monitor's types, and alarms with their lifecycle. The partial unique index on
 //! open alarms makes "one open alarm per key" hold even if two writers race.
 //!
@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
+
+use super::sql::QueryBuilder;
 
 use super::{Store, StoreError};
 use crate::monitor::{Changes, GatewayState, MeterState};
@@ -85,8 +87,8 @@ impl Store {
         &self,
         ids: Option<&[String]>,
     ) -> Result<BTreeMap<String, GatewayState>, StoreError> {
-        let mut qb: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new("SELECT id, state_json FROM monitor_gateways");
+        let mut qb: QueryBuilder<'_> =
+            QueryBuilder::new(self.backend, "SELECT id, state_json FROM monitor_gateways");
         if let Some(ids) = ids {
             if ids.is_empty() {
                 return Ok(BTreeMap::new());
@@ -103,7 +105,7 @@ impl Store {
             .map(|r| {
                 let state = serde_json::from_str(r.get::<&str, _>(1))
                     .map_err(corrupt("monitor_gateways"))?;
-                Ok((r.get(0), state))
+                Ok((r.get::<String, _>(0), state))
             })
             .collect()
     }
@@ -113,8 +115,10 @@ impl Store {
         &self,
         ids: Option<&[String]>,
     ) -> Result<BTreeMap<String, (String, MeterState)>, StoreError> {
-        let mut qb: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new("SELECT meter, gateway, state_json FROM monitor_meters");
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+            self.backend,
+            "SELECT meter, gateway, state_json FROM monitor_meters",
+        );
         if let Some(ids) = ids {
             if ids.is_empty() {
                 return Ok(BTreeMap::new());
@@ -131,7 +135,7 @@ impl Store {
             .map(|r| {
                 let state =
                     serde_json::from_str(r.get::<&str, _>(2)).map_err(corrupt("monitor_meters"))?;
-                Ok((r.get(0), (r.get(1), state)))
+                Ok((r.get::<String, _>(0), (r.get::<String, _>(1), state)))
             })
             .collect()
     }
@@ -147,7 +151,7 @@ impl Store {
         for (id, g) in gateways {
             let json = serde_json::to_string(g).map_err(corrupt("monitor_gateways"))?;
             sqlx::query(
-                "INSERT INTO monitor_gateways (id, state_json, updated) VALUES (?, ?, ?)
+                "INSERT INTO monitor_gateways (id, state_json, updated) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET state_json = excluded.state_json, updated = excluded.updated",
             )
             .bind(id)
@@ -159,7 +163,7 @@ impl Store {
         for (meter, (gw, m)) in meters {
             let json = serde_json::to_string(m).map_err(corrupt("monitor_meters"))?;
             sqlx::query(
-                "INSERT INTO monitor_meters (meter, gateway, state_json, updated) VALUES (?, ?, ?, ?)
+                "INSERT INTO monitor_meters (meter, gateway, state_json, updated) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (meter) DO UPDATE SET gateway = excluded.gateway, state_json = excluded.state_json,
                    updated = excluded.updated",
             )
@@ -202,7 +206,7 @@ impl Store {
     ) -> Result<Vec<(String, String, i64, String, String, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT household, night, wh, quality, flags, detail FROM nights
-             WHERE season = ? AND night >= ? ORDER BY household, night",
+             WHERE season = $1 AND night >= $2 ORDER BY household, night",
         )
         .bind(season)
         .bind(from)
@@ -233,7 +237,7 @@ impl Store {
             let s = &f.subject;
             sqlx::query(
                 "INSERT INTO alarms (alarm_key, kind, household, meter, gateway, district, village, reason, opened, updated)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
             )
             .bind(&f.key)
             .bind(f.kind.as_str())
@@ -250,7 +254,7 @@ impl Store {
         }
         for f in &ch.update {
             sqlx::query(
-                "UPDATE alarms SET reason = ?, updated = ? WHERE alarm_key = ? AND cleared IS NULL",
+                "UPDATE alarms SET reason = $1, updated = $2 WHERE alarm_key = $3 AND cleared IS NULL",
             )
             .bind(&f.reason)
             .bind(now)
@@ -259,7 +263,7 @@ impl Store {
             .await?;
         }
         for k in &ch.clear {
-            sqlx::query("UPDATE alarms SET cleared = ? WHERE alarm_key = ? AND cleared IS NULL")
+            sqlx::query("UPDATE alarms SET cleared = $1 WHERE alarm_key = $2 AND cleared IS NULL")
                 .bind(now)
                 .bind(k)
                 .execute(&mut *tx)
@@ -271,7 +275,8 @@ impl Store {
 
     /// Alarms matching `f`, newest first.
     pub async fn alarms(&self, f: &AlarmFilter) -> Result<Vec<AlarmRow>, StoreError> {
-        let mut qb: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
             "SELECT id, alarm_key, kind, household, meter, gateway, district, village, reason, opened, updated, cleared
              FROM alarms WHERE 1 = 1",
         );

@@ -2,7 +2,7 @@
 //! audit log of every change an import makes.
 
 use serde::Serialize;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
 
@@ -103,14 +103,13 @@ impl Store {
         source: &str,
         now: i64,
     ) -> Result<ImportSummary, StoreError> {
-        // IMMEDIATE: this transaction reads, then writes; a deferred one would fail with
-        // SQLITE_BUSY (not retried by busy_timeout) when ingest commits in between.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Reads, then writes: SQLite's IMMEDIATE, PostgreSQL's import lock.
+        let mut tx = self.begin_write(super::WriteLock::Registry).await?;
         let mut sum = ImportSummary::default();
         let mut changed = std::collections::BTreeSet::new();
         for h in households {
             let old = sqlx::query(
-                "SELECT district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id = ?",
+                "SELECT district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id = $1",
             )
             .bind(&h.id)
             .fetch_optional(&mut *tx)
@@ -130,7 +129,7 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO households (id, district, town, village, heating_area_m2, device, max_power_w)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET district = excluded.district, town = excluded.town,
                    village = excluded.village, heating_area_m2 = excluded.heating_area_m2,
                    device = excluded.device, max_power_w = excluded.max_power_w",
@@ -153,7 +152,7 @@ impl Store {
             changed.insert(h.id.clone());
         }
         for m in meters {
-            let old = sqlx::query("SELECT valid_from, valid_to, gateway FROM meters WHERE household = ? AND meter = ?")
+            let old = sqlx::query("SELECT valid_from, valid_to, gateway FROM meters WHERE household = $1 AND meter = $2")
                 .bind(&m.household)
                 .bind(&m.meter)
                 .fetch_optional(&mut *tx)
@@ -166,7 +165,7 @@ impl Store {
                 gateway: r.get(2),
             });
             let gw =
-                sqlx::query("INSERT INTO gateways (id) VALUES (?) ON CONFLICT (id) DO NOTHING")
+                sqlx::query("INSERT INTO gateways (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
                     .bind(&m.gateway)
                     .execute(&mut *tx)
                     .await?;
@@ -189,7 +188,7 @@ impl Store {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO meters (household, meter, valid_from, valid_to, gateway) VALUES (?, ?, ?, ?, ?)
+                "INSERT INTO meters (household, meter, valid_from, valid_to, gateway) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (household, meter) DO UPDATE SET valid_from = excluded.valid_from,
                    valid_to = excluded.valid_to, gateway = excluded.gateway",
             )
@@ -258,7 +257,7 @@ impl Store {
     /// One household.
     pub async fn household(&self, id: &str) -> Result<Option<HouseholdRow>, StoreError> {
         let r = sqlx::query(
-            "SELECT id, district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id = ?",
+            "SELECT id, district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -277,7 +276,7 @@ impl Store {
     /// The meters of a household, oldest installation first.
     pub async fn meters_of(&self, household: &str) -> Result<Vec<MeterRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT household, meter, valid_from, valid_to, gateway FROM meters WHERE household = ? ORDER BY valid_from, meter",
+            "SELECT household, meter, valid_from, valid_to, gateway FROM meters WHERE household = $1 ORDER BY valid_from, meter",
         )
         .bind(household)
         .fetch_all(&self.pool)
@@ -324,7 +323,7 @@ impl Store {
 }
 
 async fn audit<B: Serialize, A: Serialize>(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     now: i64,
     source: &str,
     entity: &str,
@@ -335,7 +334,7 @@ async fn audit<B: Serialize, A: Serialize>(
     let before = before.map(|b| serde_json::to_string(b).unwrap_or_default());
     let after = serde_json::to_string(after).unwrap_or_default();
     sqlx::query(
-        "INSERT INTO audit_log (at, source, entity, entity_key, action, before_json, after_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (at, source, entity, entity_key, action, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(now)
     .bind(source)

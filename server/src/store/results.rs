@@ -1,7 +1,7 @@
 //! Computed figures (nights, season statements), the `dirty` work list, and the reading
 //! queries the recompute feeds the engine with.
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
 
@@ -64,7 +64,8 @@ pub struct StatementRow {
 
 /// Marks many pairs with multi-row upserts (100 a statement).
 pub(super) async fn mark_dirty_many<'a>(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
+    backend: super::Backend,
     pairs: impl IntoIterator<Item = &'a (String, String)>,
 ) -> Result<(), StoreError> {
     // Unique pairs: PostgreSQL refuses an upsert that touches one row twice.
@@ -74,8 +75,8 @@ pub(super) async fn mark_dirty_many<'a>(
         .into_iter()
         .collect();
     for chunk in pairs.chunks(100) {
-        let mut qb: sqlx::QueryBuilder<'_, Sqlite> =
-            sqlx::QueryBuilder::new("INSERT INTO dirty (household, season, gen) ");
+        let mut qb: super::sql::QueryBuilder<'_> =
+            super::sql::QueryBuilder::new(backend, "INSERT INTO dirty (household, season, gen) ");
         qb.push_values(chunk, |mut b, (hh, season)| {
             b.push_bind(hh).push_bind(season).push_bind(1_i64);
         });
@@ -86,12 +87,12 @@ pub(super) async fn mark_dirty_many<'a>(
 }
 
 pub(super) async fn mark_dirty(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     household: &str,
     season: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO dirty (household, season, gen) VALUES (?, ?, 1)
+        "INSERT INTO dirty (household, season, gen) VALUES ($1, $2, 1)
          ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1",
     )
     .bind(household)
@@ -113,7 +114,7 @@ impl Store {
     /// Marks (household, season) pairs for recompute.
     pub async fn mark_dirty(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        mark_dirty_many(&mut tx, pairs).await?;
+        mark_dirty_many(&mut tx, self.backend, pairs).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -121,7 +122,7 @@ impl Store {
     /// Up to `limit` pairs to recompute, with the generation of their mark.
     pub async fn dirty(&self, limit: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT household, season, gen FROM dirty ORDER BY household, season LIMIT ?",
+            "SELECT household, season, gen FROM dirty ORDER BY household, season LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -134,7 +135,7 @@ impl Store {
 
     /// A value of the `meta` table.
     pub async fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?)
@@ -142,7 +143,7 @@ impl Store {
 
     /// Sets a value of the `meta` table.
     pub async fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .bind(key)
             .bind(value)
             .execute(&self.pool)
@@ -157,7 +158,7 @@ impl Store {
         season: &str,
         gen: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM dirty WHERE household = ? AND season = ? AND gen = ?")
+        sqlx::query("DELETE FROM dirty WHERE household = $1 AND season = $2 AND gen = $3")
             .bind(household)
             .bind(season)
             .bind(gen)
@@ -173,7 +174,7 @@ impl Store {
         until: i64,
     ) -> Result<Vec<StoredReading>, StoreError> {
         let rows = sqlx::query(
-            "SELECT ts, e_wh, e_valley_wh FROM readings WHERE meter = ? AND ts < ? ORDER BY ts",
+            "SELECT ts, e_wh, e_valley_wh FROM readings WHERE meter = $1 AND ts < $2 ORDER BY ts",
         )
         .bind(meter)
         .bind(until)
@@ -192,7 +193,7 @@ impl Store {
     /// Instants of `meter` at which a conflicting value arrived (the first was kept).
     pub async fn conflicts_of(&self, meter: &str) -> Result<Vec<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT DISTINCT ts FROM reading_conflicts WHERE meter = ? ORDER BY ts",
+            "SELECT DISTINCT ts FROM reading_conflicts WHERE meter = $1 ORDER BY ts",
         )
         .bind(meter)
         .fetch_all(&self.pool)
@@ -209,7 +210,18 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        save_one(&mut tx, statement, nights, gen, now).await?;
+        if self.backend == super::Backend::Postgres {
+            let me = [(
+                statement.household.as_str(),
+                statement.season.as_str(),
+                gen,
+                (),
+            )];
+            if super::bulk::fresh(&mut tx, me).await?.is_empty() {
+                return Ok(()); // stale: see bulk::fresh
+            }
+        }
+        save_one(&mut tx, self.backend, statement, nights, gen, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -221,8 +233,17 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let items: Vec<_> = match self.backend {
+            super::Backend::Sqlite => items.iter().collect(),
+            super::Backend::Postgres => {
+                let all = items
+                    .iter()
+                    .map(|i| (i.0.household.as_str(), i.0.season.as_str(), i.2, i));
+                super::bulk::fresh(&mut tx, all).await? // stale ones dropped
+            }
+        };
         for (statement, nights, gen) in items {
-            save_one(&mut tx, statement, nights, *gen, now).await?;
+            save_one(&mut tx, self.backend, statement, nights, *gen, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -235,7 +256,7 @@ impl Store {
         season: &str,
     ) -> Result<Option<StatementRow>, StoreError> {
         let row = sqlx::query(&format!(
-            "{STATEMENT_SELECT} WHERE s.household = ? AND s.season = ?"
+            "{STATEMENT_SELECT} WHERE s.household = $1 AND s.season = $2"
         ))
         .bind(household)
         .bind(season)
@@ -258,7 +279,7 @@ impl Store {
         );
         let rows = sqlx::query(&format!(
             "{select} JOIN households h ON h.id = s.household
-             WHERE s.season = ? AND (? IS NULL OR h.district = ?) AND (? IS NULL OR h.village = ?)
+             WHERE s.season = $1 AND ($2 IS NULL OR h.district = $3) AND ($4 IS NULL OR h.village = $5)
              ORDER BY s.household"
         ))
         .bind(season)
@@ -276,7 +297,7 @@ impl Store {
     /// The stored nights of a household in a season, in order.
     pub async fn nights(&self, household: &str, season: &str) -> Result<Vec<NightRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT night, wh, quality, flags, detail FROM nights WHERE household = ? AND season = ? ORDER BY night",
+            "SELECT night, wh, quality, flags, detail FROM nights WHERE household = $1 AND season = $2 ORDER BY night",
         )
         .bind(household)
         .bind(season)
@@ -300,7 +321,7 @@ const STATEMENT_SELECT: &str = "SELECT s.household, s.season, s.offpeak_wh, s.su
     s.city_fen, s.district_fen, s.valley_charge_fen, s.nights_actual, s.nights_estimated, s.nights_missing, s.flags
     FROM statements s";
 
-fn statement_row(r: &sqlx::sqlite::SqliteRow) -> Result<StatementRow, StoreError> {
+fn statement_row(r: &sqlx::any::AnyRow) -> Result<StatementRow, StoreError> {
     Ok(StatementRow {
         household: r.get(0),
         season: r.get(1),
@@ -319,20 +340,21 @@ fn statement_row(r: &sqlx::sqlite::SqliteRow) -> Result<StatementRow, StoreError
 }
 
 async fn save_one(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
+    backend: super::Backend,
     statement: &StatementRow,
     nights: &[NightRow],
     gen: Option<i64>,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM nights WHERE household = ? AND season = ?")
+    sqlx::query("DELETE FROM nights WHERE household = $1 AND season = $2")
         .bind(&statement.household)
         .bind(&statement.season)
         .execute(&mut **tx)
         .await?;
     for n in nights {
         sqlx::query(
-                "INSERT INTO nights (household, night, season, wh, quality, flags, detail) VALUES (?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO nights (household, night, season, wh, quality, flags, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (household, night) DO UPDATE SET season = excluded.season, wh = excluded.wh,
                    quality = excluded.quality, flags = excluded.flags, detail = excluded.detail",
             )
@@ -346,5 +368,5 @@ async fn save_one(
             .execute(&mut **tx)
             .await?;
     }
-    super::bulk::save_statements(tx, &[(statement, gen)], now).await
+    super::bulk::save_statements(tx, backend, &[(statement, gen)], now).await
 }

@@ -79,7 +79,7 @@ impl Store {
             "INSERT INTO sink_readings (meter, ts)
              SELECT meter, ts FROM (
                  SELECT meter, ts, received FROM readings
-                 ORDER BY received DESC, meter DESC, ts DESC LIMIT ?
+                 ORDER BY received DESC, meter DESC, ts DESC LIMIT $1
              ) newest
              ORDER BY received, meter, ts",
         )
@@ -122,7 +122,7 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<SinkReading>, Option<i64>), StoreError> {
         let upto: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(seq) FROM (SELECT seq FROM sink_readings ORDER BY seq LIMIT ?) head",
+            "SELECT MAX(seq) FROM (SELECT seq FROM sink_readings ORDER BY seq LIMIT $1) head",
         )
         .bind(limit)
         .fetch_one(&self.pool)
@@ -138,7 +138,7 @@ impl Store {
              LEFT JOIN meters m ON m.meter = r.meter AND m.valid_from <= r.ts
                   AND (m.valid_to IS NULL OR r.ts < m.valid_to)
              LEFT JOIN households h ON h.id = m.household
-             WHERE q.seq <= ?
+             WHERE q.seq <= $1
              ORDER BY q.seq, m.household",
         )
         .bind(upto)
@@ -171,7 +171,7 @@ impl Store {
     /// then they are added to the persisted drop count).
     pub async fn sink_ack_readings(&self, upto: i64, dropped: bool) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("DELETE FROM sink_readings WHERE seq <= ?")
+        let n = sqlx::query("DELETE FROM sink_readings WHERE seq <= $1")
             .bind(upto)
             .execute(&mut *tx)
             .await?
@@ -235,7 +235,7 @@ impl Store {
     /// generation of their mark.
     pub async fn sink_seasons(&self, limit: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT household, season, gen FROM sink_seasons ORDER BY household, season LIMIT ?",
+            "SELECT household, season, gen FROM sink_seasons ORDER BY household, season LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -259,7 +259,7 @@ impl Store {
              FROM nights n
              LEFT JOIN households h ON h.id = n.household
              LEFT JOIN sink_nights s ON s.household = n.household AND s.night = n.night
-             WHERE n.household = ? AND n.season = ?
+             WHERE n.household = $1 AND n.season = $2
                AND (s.household IS NULL OR s.wh <> n.wh OR s.quality <> n.quality)
              ORDER BY n.night",
         )
@@ -294,7 +294,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for n in nights {
             sqlx::query(
-                "INSERT INTO sink_nights (household, night, wh, quality) VALUES (?, ?, ?, ?)
+                "INSERT INTO sink_nights (household, night, wh, quality) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (household, night) DO UPDATE SET wh = excluded.wh, quality = excluded.quality",
             )
             .bind(&n.household)
@@ -307,7 +307,7 @@ impl Store {
         if dropped {
             add_dropped(&mut tx, "nights_dropped", nights.len() as u64).await?;
         }
-        sqlx::query("DELETE FROM sink_seasons WHERE household = ? AND season = ? AND gen = ?")
+        sqlx::query("DELETE FROM sink_seasons WHERE household = $1 AND season = $2 AND gen = $3")
             .bind(household)
             .bind(season)
             .bind(gen)
@@ -337,12 +337,9 @@ impl Store {
 /// Sets `enabled` and, when it changed, empties both queues; returns whether it changed.
 /// Its first statement is a write: a transaction that reads and then writes cannot wait
 /// for a concurrent writer (SQLite answers "database is locked" at once).
-async fn switch(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    on: bool,
-) -> Result<bool, StoreError> {
+async fn switch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, on: bool) -> Result<bool, StoreError> {
     let changed =
-        sqlx::query("UPDATE sink_state SET value = ? WHERE key = 'enabled' AND value <> ?")
+        sqlx::query("UPDATE sink_state SET value = $1 WHERE key = 'enabled' AND value <> $2")
             .bind(i64::from(on))
             .bind(i64::from(on))
             .execute(&mut **tx)
@@ -360,11 +357,11 @@ async fn switch(
 }
 
 async fn add_dropped(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     key: &str,
     n: u64,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE sink_state SET value = value + ? WHERE key = ?")
+    sqlx::query("UPDATE sink_state SET value = value + $1 WHERE key = $2")
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .bind(key)
         .execute(&mut **tx)

@@ -185,6 +185,18 @@ pub fn unaccounted(
     cutoff: UnixTime,
     interval_s: i64,
 ) -> (Vec<(String, UnixTime)>, Vec<String>) {
+    unaccounted_within(v, cutoff, interval_s, Duration::ZERO)
+}
+
+/// As [`unaccounted`], a record also accounting for an answer when it lies within `real`
+/// of real time after it (under a warped clock a stall of a few real ms in a fast stretch
+/// is hours of simulated time, more than the two ticks `unaccounted` allows).
+pub fn unaccounted_within(
+    v: &Village,
+    cutoff: UnixTime,
+    interval_s: i64,
+    real: Duration,
+) -> (Vec<(String, UnixTime)>, Vec<String>) {
     let tick = |t: UnixTime| t.div_euclid(interval_s) * interval_s;
     let mut records: BTreeMap<String, std::collections::BTreeSet<UnixTime>> = BTreeMap::new();
     for b in v.published() {
@@ -206,7 +218,8 @@ pub fn unaccounted(
             .collect();
         let recs = records.get(&h.meter).cloned().unwrap_or_default();
         for &g in &given {
-            let near = (-1..=2).any(|k| recs.contains(&(tick(g) + k * interval_s)));
+            let reach = v.sim_after_real(g, real).max(tick(g) + 2 * interval_s);
+            let near = recs.range(tick(g) - interval_s..=reach).next().is_some();
             if !near {
                 lost.push((h.meter.clone(), g));
             }

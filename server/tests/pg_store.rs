@@ -1,0 +1,504 @@
+//! The PostgreSQL store against the SQLite one: every store call the server makes gives
+//! the same answers on both (registry, ingest, quarantine, recompute, sink queues, feed
+//! outbox, monitor, alarms); and several "replicas" (store handles) ingesting and
+//! recomputing one PostgreSQL database at once end with the figures one SQLite store
+//! computes from the same readings.
+
+mod pg_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use qingnuan_server::engine::Engine;
+use qingnuan_server::monitor::{AlarmKind, Changes, Finding, GatewayState, MeterState, Subject};
+use qingnuan_server::store::feed::NewBatch;
+use qingnuan_server::store::monitor::{AlarmFilter, AlarmRow};
+use qingnuan_server::store::{IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate, Store};
+use qingnuan_server::{recompute, registry};
+use qingnuan_shared::policy::Policy;
+
+/// 2025-11-01 20:00 +08:00
+const NOV1_20: i64 = 1_761_998_400;
+/// 2025-11-06 12:00 +08:00: nights Oct 31 .. Nov 4 have closed.
+const NOW: i64 = NOV1_20 + 4 * 86_400 + 16 * 3600;
+const SEASON: &str = "2025-2026";
+
+fn registry_csv(households: usize) -> String {
+    let mut s = String::from(
+        "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n",
+    );
+    for k in 0..households {
+        let village = if k % 2 == 0 { "东村" } else { "西村" };
+        s.push_str(&format!(
+            "hh-{k},怀柔区,雁栖镇,{village},100,air_source_heat_pump,m{k},2025-10-01,,gw-{},\n",
+            k % 3
+        ));
+    }
+    s
+}
+
+/// Quarter-hourly reads of every meter over four nights, 7 s after the quarter; meter k
+/// draws (k + 1) * 100 Wh a quarter, with a glitch on m1 and a spike on m2.
+fn readings(households: usize) -> Vec<NewReading> {
+    let mut out = Vec::new();
+    for k in 0..households {
+        for q in 0..(4 * 96) {
+            let ts = NOV1_20 + 7 + q * 900;
+            let mut e = 1_000_000 + q * (k as i64 + 1) * 100;
+            if k == 1 && q == 50 {
+                e = 0;
+            }
+            if k == 2 && q == 120 {
+                e += 900_000;
+            }
+            out.push(NewReading {
+                meter: format!("m{k}"),
+                ts,
+                e_wh: e,
+                e_valley_wh: (k % 2 == 0).then_some(e / 2),
+                p_w: Some(1500),
+                meter_ts: Some(ts + 1),
+                gateway: format!("gw-{}", k % 3),
+            });
+        }
+    }
+    out
+}
+
+fn mark(r: &NewReading, out: &mut BTreeSet<(String, String)>) {
+    out.insert((format!("hh-{}", &r.meter[1..]), SEASON.to_string()));
+}
+
+/// Every figure a store holds for `households`, as text.
+async fn dump(store: &Store, households: usize) -> String {
+    let mut out = String::new();
+    for k in 0..households {
+        let hh = format!("hh-{k}");
+        let _ = writeln!(out, "{:?}", store.statement(&hh, SEASON).await.unwrap());
+        let _ = writeln!(out, "{:?}", store.nights(&hh, SEASON).await.unwrap());
+    }
+    let _ = writeln!(
+        out,
+        "{:?}",
+        store.statements(SEASON, None, None).await.unwrap()
+    );
+    let _ = writeln!(out, "{:?}", store.reading_counts().await.unwrap());
+    out
+}
+
+/// The same calls on a store, their answers as text (instants and ids included).
+async fn exercise(store: &Store) -> String {
+    let mut out = String::new();
+    let policy = Policy::beijing_2018();
+    let sum = registry::import(store, registry_csv(6).as_bytes(), &policy, "test", NOW)
+        .await
+        .unwrap();
+    let _ = writeln!(out, "import {sum:?}");
+    let _ = writeln!(
+        out,
+        "registry_version {}",
+        store.registry_version().await.unwrap()
+    );
+    let mut bindings = store.bindings().await.unwrap();
+    bindings.sort_by(|a, b| a.meter.cmp(&b.meter));
+    let _ = writeln!(out, "bindings {bindings:?}");
+    let _ = writeln!(
+        out,
+        "gateways {:?}",
+        store.gateway_ids().await.unwrap().len()
+    );
+    let _ = writeln!(out, "households {:?}", store.household_ids().await.unwrap());
+    let _ = writeln!(out, "hh-1 {:?}", store.household("hh-1").await.unwrap());
+    let _ = writeln!(out, "meters {:?}", store.meters_of("hh-1").await.unwrap());
+
+    let all = readings(6);
+    let (first, second) = all.split_at(all.len() / 2);
+    let q = |item| Quarantined {
+        msg_key: "k1".into(),
+        item,
+        topic: "qn/v1/gw/gw-1/readings".into(),
+        gateway: Some("gw-1".into()),
+        reason: "negative".into(),
+        detail: "readings[0].e_wh: must not be negative".into(),
+        payload: "{}".into(),
+    };
+    let tx = IngestTx {
+        readings: first.to_vec(),
+        failures: vec![ReadFailure {
+            meter: "m3".into(),
+            ts: NOV1_20,
+            err: "timeout".into(),
+            gateway: "gw-0".into(),
+        }],
+        quarantine: vec![q(0), q(-1)],
+        statuses: vec![StatusUpdate {
+            gateway: "gw-1".into(),
+            state: "online".into(),
+            json: "{}".into(),
+        }],
+        received: NOW,
+    };
+    let _ = writeln!(
+        out,
+        "commit {:?}",
+        store.commit_ingest(&tx, mark).await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "again {:?}",
+        store.commit_ingest(&tx, mark).await.unwrap()
+    );
+    let mut conflicting = first[10].clone();
+    conflicting.e_wh += 1;
+    let tx2 = IngestTx {
+        readings: vec![conflicting, first[11].clone()],
+        received: NOW,
+        ..Default::default()
+    };
+    let _ = writeln!(
+        out,
+        "conflict {:?}",
+        store.commit_ingest(&tx2, mark).await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "quarantine {:?}",
+        store.quarantine_counts().await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "quarantine rows {:?}",
+        store.quarantine_rows().await.unwrap()
+    );
+    let _ = writeln!(out, "gw-1 {:?}", store.gateway_state("gw-1").await.unwrap());
+    let _ = writeln!(out, "dirty {:?}", store.dirty(100).await.unwrap().len());
+    let _ = writeln!(
+        out,
+        "conflicts m0 {:?}",
+        store.conflicts_of("m0").await.unwrap()
+    );
+
+    let mut engine = Engine::new(policy);
+    let n = recompute::drain(store, &mut engine, NOW).await.unwrap();
+    let _ = writeln!(out, "recomputed {n}");
+    let _ = writeln!(out, "dirty_count {}", store.dirty_count().await.unwrap());
+
+    // The sink queues, filled by the triggers.
+    let _ = writeln!(out, "sink_enable {}", store.sink_enable(100).await.unwrap());
+    let _ = writeln!(
+        out,
+        "sink_dropped {:?}",
+        store.sink_dropped().await.unwrap()
+    );
+    let tx3 = IngestTx {
+        readings: second[..50].to_vec(),
+        received: NOW + 1,
+        ..Default::default()
+    };
+    let _ = writeln!(
+        out,
+        "commit {:?}",
+        store.commit_ingest(&tx3, mark).await.unwrap()
+    );
+    let _ = writeln!(out, "backlog {:?}", store.sink_backlog().await.unwrap());
+    let (rows, upto) = store.sink_readings(120).await.unwrap();
+    let _ = writeln!(
+        out,
+        "sink_readings {} {:?} last {:?}",
+        rows.len(),
+        upto,
+        rows.last()
+    );
+    if let Some(upto) = upto {
+        let _ = writeln!(
+            out,
+            "ack {}",
+            store.sink_ack_readings(upto, false).await.unwrap()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "bound {}",
+        store.sink_bound_readings(10).await.unwrap()
+    );
+    let _ = writeln!(out, "backlog {:?}", store.sink_backlog().await.unwrap());
+    recompute::drain(store, &mut engine, NOW).await.unwrap();
+    let seasons = store.sink_seasons(100).await.unwrap();
+    let _ = writeln!(out, "sink_seasons {}", seasons.len());
+    if let Some((hh, season, gen)) = seasons.first() {
+        let nights = store.sink_changed_nights(hh, season).await.unwrap();
+        let _ = writeln!(out, "changed {nights:?}");
+        store
+            .sink_ack_nights(hh, season, *gen, &nights, false)
+            .await
+            .unwrap();
+        let again = store.sink_changed_nights(hh, season).await.unwrap();
+        let _ = writeln!(out, "changed after ack {}", again.len());
+    }
+    let _ = writeln!(out, "sink_disable {}", store.sink_disable().await.unwrap());
+
+    // The feed outbox.
+    let batch = |rev: i64| NewBatch {
+        key: format!("village:a/b/c:2025-11-02:r{rev}"),
+        subject: "village:a/b/c".into(),
+        night: "2025-11-02".into(),
+        revision: rev,
+        digest: format!("d{rev}"),
+        body: format!("{{\"r\":{rev}}}"),
+    };
+    let _ = writeln!(
+        out,
+        "enqueue {}",
+        store
+            .feed_enqueue(&[batch(0), batch(1)], NOW)
+            .await
+            .unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "enqueue {}",
+        store.feed_enqueue(&[batch(1)], NOW).await.unwrap()
+    );
+    let due = store.feed_due(NOW, 10).await.unwrap();
+    let _ = writeln!(out, "due {due:?}");
+    if let [a, b, ..] = due.as_slice() {
+        store.feed_delivered(a.id, NOW + 5).await.unwrap();
+        store.feed_failed(b.id, NOW + 60, "503").await.unwrap();
+    }
+    let _ = writeln!(out, "pending {:?}", store.feed_pending().await.unwrap());
+    let _ = writeln!(
+        out,
+        "latest {:?}",
+        store.feed_latest("2025-11-01", "2025-11-30").await.unwrap()
+    );
+    let _ = writeln!(out, "outbox {:?}", store.feed_outbox().await.unwrap());
+    let _ = writeln!(
+        out,
+        "feed nights {:?}",
+        store.feed_nights("2025-11-02", "2025-11-02").await.unwrap()
+    );
+
+    // Monitoring and alarms.
+    let mut gws = BTreeMap::new();
+    gws.insert("gw-1".to_string(), GatewayState::default());
+    let mut meters = BTreeMap::new();
+    meters.insert(
+        "m1".to_string(),
+        ("gw-1".to_string(), MeterState::default()),
+    );
+    store.save_monitor_states(&gws, &meters, NOW).await.unwrap();
+    let _ = writeln!(
+        out,
+        "monitor {:?}",
+        store.monitor_gateways(None).await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "monitor {:?}",
+        store.monitor_meters(Some(&["m1".into()])).await.unwrap()
+    );
+    let finding = |key: &str| Finding {
+        key: key.into(),
+        kind: AlarmKind::MeterSilent,
+        subject: Subject {
+            household: Some("hh-1".into()),
+            meter: Some("m1".into()),
+            ..Default::default()
+        },
+        reason: "silent".into(),
+    };
+    let open = Changes {
+        open: vec![finding("a"), finding("b")],
+        ..Default::default()
+    };
+    store.apply_alarm_changes(&open, NOW).await.unwrap();
+    store.apply_alarm_changes(&open, NOW + 1).await.unwrap(); // already open: nothing
+    let clear = Changes {
+        clear: vec!["a".into()],
+        ..Default::default()
+    };
+    store.apply_alarm_changes(&clear, NOW + 2).await.unwrap();
+    store.apply_alarm_changes(&open, NOW + 3).await.unwrap(); // `a` again: a new row
+    let filter = AlarmFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    // Ids order the rows; PostgreSQL's identity leaves gaps (a conflicting insert uses
+    // one up), so they are compared as an order, not as numbers.
+    let alarms = store.alarms(&filter).await.unwrap();
+    assert!(alarms.windows(2).all(|w| w[0].id > w[1].id), "{alarms:?}");
+    let alarms: Vec<_> = alarms
+        .into_iter()
+        .map(|a| AlarmRow { id: 0, ..a })
+        .collect();
+    let _ = writeln!(out, "alarms {alarms:?}");
+    let _ = writeln!(out, "open {:?}", store.open_alarm_reasons().await.unwrap());
+    let _ = writeln!(
+        out,
+        "by kind {:?}",
+        store.open_alarms_by_kind().await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "per household {:?}",
+        store.open_alarm_counts().await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "placed {:?}",
+        store.placed_households().await.unwrap().len()
+    );
+    let _ = writeln!(
+        out,
+        "nights_since {:?}",
+        store
+            .nights_since(SEASON, "2025-11-03")
+            .await
+            .unwrap()
+            .len()
+    );
+    store.set_meta("x", 7).await.unwrap();
+    let _ = writeln!(
+        out,
+        "meta {:?} {:?}",
+        store.meta("x").await.unwrap(),
+        store.meta("y").await.unwrap()
+    );
+    let _ = writeln!(out, "audit {:?}", store.audit_log().await.unwrap());
+    out.push_str(&dump(store, 6).await);
+    out
+}
+
+#[tokio::test]
+async fn every_store_call_answers_the_same_on_both_backends() {
+    let (_d, sqlite_url) = pg_support::url(pg_support::Kind::Sqlite);
+    let (_g, pg_url) = pg_support::url(pg_support::Kind::Postgres);
+    let on_sqlite = exercise(&Store::open(&sqlite_url).await.unwrap()).await;
+    let on_pg = exercise(&Store::open(&pg_url).await.unwrap()).await;
+    // The run did what it says (so equal answers are not two empty ones).
+    for want in [
+        "commit CommitSummary { new_readings: 1152, repeats: 0, conflicts: 0, quarantined: 2, dirty: 3 }",
+        "again CommitSummary { new_readings: 0, repeats: 1152, conflicts: 0, quarantined: 0, dirty: 0 }",
+        "conflict CommitSummary { new_readings: 0, repeats: 1, conflicts: 1, quarantined: 0, dirty: 0 }",
+        "sink_enable true",
+        "enqueue 2\n",
+        "enqueue 0\n",
+        "dirty_count 0",
+    ] {
+        assert!(on_sqlite.contains(want), "{want:?} not in\n{on_sqlite}");
+    }
+    let (a, b): (Vec<&str>, Vec<&str>) = (on_sqlite.lines().collect(), on_pg.lines().collect());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "SQLite and PostgreSQL differ");
+    }
+    assert_eq!(a.len(), b.len());
+}
+
+/// Three store handles on one PostgreSQL database (as three replicas have): two commit
+/// the readings in different orders and batches, with repeats, while three recompute at
+/// once; the figures end equal to one SQLite store's from the same readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_replicas_end_with_the_sqlite_figures() {
+    const HOUSEHOLDS: usize = 30;
+    let policy = Policy::beijing_2018();
+    let all = readings(HOUSEHOLDS);
+
+    let (_d, sqlite_url) = pg_support::url(pg_support::Kind::Sqlite);
+    let single = Store::open(&sqlite_url).await.unwrap();
+    registry::import(
+        &single,
+        registry_csv(HOUSEHOLDS).as_bytes(),
+        &policy,
+        "t",
+        NOW,
+    )
+    .await
+    .unwrap();
+    for chunk in all.chunks(2000) {
+        let tx = IngestTx {
+            readings: chunk.to_vec(),
+            received: NOW,
+            ..Default::default()
+        };
+        single.commit_ingest(&tx, mark).await.unwrap();
+    }
+    recompute::drain(&single, &mut Engine::new(policy), NOW)
+        .await
+        .unwrap();
+    let reference = dump(&single, HOUSEHOLDS).await;
+
+    let (_g, pg_url) = pg_support::url(pg_support::Kind::Postgres);
+    let replicas: Vec<Store> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(Store::open(&pg_url).await.unwrap());
+        }
+        v
+    };
+    registry::import(
+        &replicas[0],
+        registry_csv(HOUSEHOLDS).as_bytes(),
+        &policy,
+        "t",
+        NOW,
+    )
+    .await
+    .unwrap();
+    // Replica 0: forward in batches of 300; replica 1: backward in batches of 170, plus
+    // every seventh reading again (redeliveries).
+    let forward: Vec<NewReading> = all.clone();
+    let mut backward: Vec<NewReading> = all.iter().rev().cloned().collect();
+    backward.extend(all.iter().step_by(7).cloned());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (store, readings, size) in [
+        (replicas[0].clone(), forward, 300),
+        (replicas[1].clone(), backward, 170),
+    ] {
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in readings.chunks(size) {
+                let tx = IngestTx {
+                    readings: chunk.to_vec(),
+                    received: NOW,
+                    ..Default::default()
+                };
+                store.commit_ingest(&tx, mark).await.unwrap();
+            }
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+    let mut recomputers = Vec::new();
+    for store in &replicas {
+        let store = store.clone();
+        let done = done.clone();
+        recomputers.push(tokio::spawn(async move {
+            let mut engine = Engine::new(policy);
+            let mut rounds = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst) == 2;
+                recompute::drain(&store, &mut engine, NOW).await.unwrap();
+                rounds += 1;
+                if finished {
+                    return rounds;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut rounds = 0;
+    for r in recomputers {
+        rounds += r.await.unwrap();
+    }
+    assert!(
+        rounds > 3,
+        "the recomputes ran alongside ingest ({rounds} rounds)"
+    );
+    assert_eq!(replicas[2].dirty_count().await.unwrap(), 0);
+    let got = dump(&replicas[2], HOUSEHOLDS).await;
+    assert!(reference.contains("offpeak_wh: "), "{reference}");
+    assert_eq!(got, reference);
+}
