@@ -78,6 +78,7 @@ async fn fill(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let (first, end) = (nights.start, nights.end);
+    let since = since_of(first, registry);
     let series = format!(
         "WITH RECURSIVE h(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM h WHERE i + 1 < {n})"
     );
@@ -95,9 +96,9 @@ async fn fill(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
                         NULL, NULL, NULL, printf('gw-%05d', i / 40), {NOW}
                  FROM h, nn, (SELECT 0 AS k UNION ALL SELECT 1)
                  ORDER BY 1, 2"),
-        "INSERT INTO dirty (household, season, gen) SELECT id, '2025-2026', 1 FROM households WHERE 1
-         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1"
-            .to_string(),
+        // Marked as ingest marks them: from the first new reading (a first fill: whole).
+        format!("INSERT INTO dirty (household, season, gen, since) SELECT id, '2025-2026', 1, {since} FROM households WHERE 1
+         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, since = excluded.since"),
     ];
     for (i, s) in statements.into_iter().enumerate() {
         if !registry && i < 3 {
@@ -110,6 +111,15 @@ async fn fill(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
     }
 }
 
+/// The dirty marks' `since`: the first new reading's instant, or NULL (whole) on a first fill.
+fn since_of(first_night: i64, registry: bool) -> String {
+    if registry {
+        "NULL".into()
+    } else {
+        (FIRST_OPEN + first_night * 86_400).to_string()
+    }
+}
+
 /// [`fill`] in PostgreSQL's dialect (the same rows).
 async fn fill_pg(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool) {
     use sqlx::Connection;
@@ -117,6 +127,7 @@ async fn fill_pg(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let (first, last) = (nights.start, nights.end - 1);
+    let since = since_of(first, registry);
     let h = format!("generate_series(0, {}) i", n - 1);
     let statements = [
         format!("INSERT INTO households (id, district, town, village, heating_area_m2, device, max_power_w)
@@ -130,9 +141,8 @@ async fn fill_pg(url: &str, n: i64, nights: std::ops::Range<i64>, registry: bool
                         NULL, NULL, NULL, 'gw-' || lpad((i / 40)::text, 5, '0'), {NOW}
                  FROM {h}, generate_series({first}, {last}) n, (VALUES (0), (1)) kk(k)
                  ORDER BY 1, 2"),
-        "INSERT INTO dirty (household, season, gen) SELECT id, '2025-2026', 1 FROM households
-         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1"
-            .to_string(),
+        format!("INSERT INTO dirty (household, season, gen, since) SELECT id, '2025-2026', 1, {since} FROM households
+         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, since = excluded.since"),
         "ANALYZE".to_string(),
     ];
     for (i, s) in statements.into_iter().enumerate() {
@@ -186,6 +196,7 @@ fn main() {
             assert_eq!(done as i64, n, "pairs recomputed");
             // Warm: the last night closes, every household is dirty, one night is new.
             fill(&url, n, NIGHTS - 1..NIGHTS, false).await;
+            let resumed0 = recompute::RESUMED_PAIRS.load(std::sync::atomic::Ordering::Relaxed);
             reset_peak_rss();
             let t = Instant::now();
             let done = recompute::drain(&store, &mut engine, NOW)
@@ -211,12 +222,13 @@ fn main() {
             }
             println!(
                 "{n:>8} households: cold {cold:>7.2} s ({:>6.0}/s, peak RSS {:>6.1} MiB), \
-                 night close {warm:>7.2} s ({:>6.0}/s, peak RSS {:>6.1} MiB); \
+                 night close {warm:>7.2} s ({:>6.0}/s, peak RSS {:>6.1} MiB, {} of {n} resumed); \
                  {:.1} MiB before, store filled in {filled:.1} s",
                 n as f64 / cold,
                 cold_peak as f64 / 1024.0,
                 n as f64 / warm,
                 warm_peak as f64 / 1024.0,
+                recompute::RESUMED_PAIRS.load(std::sync::atomic::Ordering::Relaxed) - resumed0,
                 before as f64 / 1024.0
             );
             store.close().await;

@@ -3,10 +3,11 @@
 //! result is a pure function of the stored set, so recomputing twice changes nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qingnuan_shared::calendar::{BoundaryKind, Calendar, Season};
+use qingnuan_shared::calendar::{BoundaryKind, Calendar, Night, Season};
 use qingnuan_shared::clock::SharedClock;
 use qingnuan_shared::policy::Policy;
 use qingnuan_shared::units::MeterId;
@@ -16,16 +17,24 @@ use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, warn};
 
+use crate::engine::resume::{self, Plan, SeasonState};
 use crate::engine::{
     explain_judgement, explain_night, BoundaryValue, EdgeKind, Engine, HouseholdInput,
-    HouseholdSeason, MeterSpan, RawReading, UsedReading,
+    HouseholdSeason, MeterSpan, RawReading, SeasonFrame, Seed, UsedReading,
 };
 use crate::store::{
-    HouseholdRow, MeterRow, NightRow, StatementRow, Store, StoreError, StoredReading,
+    DirtyMark, HouseholdRow, MeterRow, NightRow, SavedPair, StatementRow, Store, StoreError,
+    StoredReading,
 };
 
 /// Pairs taken from `dirty` per round.
 const ROUND: i64 = 1024;
+
+/// Pairs recomputed from their saved state (only the nights new readings can change),
+/// since start (`/metrics`).
+pub static RESUMED_PAIRS: AtomicU64 = AtomicU64::new(0);
+/// Pairs recomputed whole (no usable saved state, or a change older than it), since start.
+pub static WHOLE_PAIRS: AtomicU64 = AtomicU64::new(0);
 
 /// Computes one household's season from the store, every night explained when `explain`;
 /// `None` for an unknown household.
@@ -77,45 +86,155 @@ fn compute_from(
     now: i64,
     explain: bool,
 ) -> (StatementRow, Vec<NightRow>) {
-    let mut readings: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
-    let mut conflicts: HashMap<MeterId, Vec<i64>> = HashMap::new();
+    let input = household_input(h, rows);
+    let (readings, conflicts) = engine_readings(&input, stored, stored_conflicts);
+    let frame = engine.frame(season, now);
+    let out = engine.household(&frame, &input, &readings);
+    rows_of(&out, &input, &conflicts, engine.policy(), &h.id, explain)
+}
+
+/// The engine's view of a household's registry rows (rows with an invalid meter id are
+/// skipped and logged).
+fn household_input(h: &HouseholdRow, rows: &[MeterRow]) -> HouseholdInput {
     let mut spans = Vec::with_capacity(rows.len());
     for m in rows {
         let Ok(id) = MeterId::new(&m.meter) else {
             warn!(meter = %m.meter, household = %h.id, "stored meter id is not valid; skipped");
             continue;
         };
-        if !readings.contains_key(&id) {
-            let raw = stored
-                .get(&m.meter)
-                .into_iter()
-                .flatten()
-                .map(|r| RawReading {
-                    ts: r.ts,
-                    e_wh: r.e_wh,
-                    e_valley_wh: r.e_valley_wh,
-                })
-                .collect();
-            readings.insert(id.clone(), raw);
-            conflicts.insert(
-                id.clone(),
-                stored_conflicts.get(&m.meter).cloned().unwrap_or_default(),
-            );
-        }
         spans.push(MeterSpan {
             meter: id,
             from: m.valid_from,
             to: m.valid_to,
         });
     }
-    let input = HouseholdInput {
+    HouseholdInput {
         id: h.id.clone(),
         max_power_w: h.max_power_w,
         meters: spans,
+    }
+}
+
+type EngineReadings = (
+    HashMap<MeterId, Vec<RawReading>>,
+    HashMap<MeterId, Vec<i64>>,
+);
+
+/// The stored readings and conflict instants of a household's meters, keyed for the engine.
+fn engine_readings(
+    input: &HouseholdInput,
+    stored: &HashMap<String, Vec<StoredReading>>,
+    stored_conflicts: &HashMap<String, Vec<i64>>,
+) -> EngineReadings {
+    let mut readings: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
+    let mut conflicts: HashMap<MeterId, Vec<i64>> = HashMap::new();
+    for span in &input.meters {
+        let id = &span.meter;
+        if readings.contains_key(id) {
+            continue;
+        }
+        let raw = stored
+            .get(id.as_str())
+            .into_iter()
+            .flatten()
+            .map(|r| RawReading {
+                ts: r.ts,
+                e_wh: r.e_wh,
+                e_valley_wh: r.e_valley_wh,
+            })
+            .collect();
+        readings.insert(id.clone(), raw);
+        conflicts.insert(
+            id.clone(),
+            stored_conflicts
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    (readings, conflicts)
+}
+
+/// One pair of a round: the whole season, or resumed from its saved state when `resumed`
+/// holds a plan (engine/resume.rs); the figures to save with the next state.
+fn compute_pair(
+    engine: &mut Engine,
+    frame: &SeasonFrame,
+    input: &HouseholdInput,
+    fingerprint: u64,
+    data: &EngineReadings,
+    resumed: Option<(Plan, SeasonState)>,
+) -> (StatementRow, Vec<NightRow>, Option<Night>, SeasonState) {
+    let (readings, conflicts) = data;
+    let policy = *engine.policy();
+    let n = frame.nights().len();
+    let seeded_from = n.saturating_sub(resume::SEEDED_NIGHTS);
+    let Some((plan, old)) = resumed else {
+        let out = engine.household(frame, input, readings);
+        let seeds = engine.seeds_at(input, &resume::opens_from(frame, seeded_from));
+        let (statement, rows) = rows_of(&out, input, conflicts, &policy, &input.id, false);
+        let nights: Vec<_> = out
+            .nights
+            .iter()
+            .zip(&rows)
+            .map(|(n, r)| (n, r.flags.iter().any(|f| f == READING_CONFLICT)))
+            .collect();
+        let state = resume::next_state(
+            fingerprint,
+            frame,
+            &nights,
+            input.meters.len(),
+            0,
+            |i, k| seed_of(&seeds, i, k, seeded_from),
+            None,
+        );
+        return (statement, rows, None, state);
     };
-    let frame = engine.frame(season, now);
-    let out = engine.household(&frame, &input, &readings);
-    rows_of(&out, &input, &conflicts, engine.policy(), &h.id, explain)
+    let mut out = engine.household_resumed(frame, input, readings, &plan.seeds);
+    let fresh_from = plan.seeded_at.max(seeded_from);
+    let seeds = engine.seeds_at(input, &resume::opens_from(frame, fresh_from));
+    let computed = std::mem::take(&mut out.nights);
+    out.nights = resume::merge(frame, &plan, &old, computed);
+    out.statement = engine.settle(&mut out.nights);
+    let from = resume::night_at(frame, plan.from);
+    let (statement, rows) = rows_from(
+        &out,
+        input,
+        conflicts,
+        &policy,
+        &input.id,
+        false,
+        from,
+        resume::conflict_before(&old, plan.from),
+    );
+    let saved_conflicts = old
+        .nights
+        .iter()
+        .filter(|s| s.index < plan.from)
+        .map(|s| s.flags & resume::CONFLICT_BIT != 0);
+    let new_conflicts = rows
+        .iter()
+        .map(|r| r.flags.iter().any(|f| f == READING_CONFLICT));
+    let nights: Vec<_> = out
+        .nights
+        .iter()
+        .zip(saved_conflicts.chain(new_conflicts))
+        .collect();
+    let state = resume::next_state(
+        fingerprint,
+        frame,
+        &nights,
+        input.meters.len(),
+        plan.seeded_at,
+        |i, k| seed_of(&seeds, i, k, fresh_from),
+        Some(&old),
+    );
+    (statement, rows, from, state)
+}
+
+/// `seeds[i][k - first]`, as [`Engine::seeds_at`] returned them from frame night `first` on.
+fn seed_of(seeds: &[Vec<Option<Seed>>], i: usize, k: usize, first: usize) -> Option<Seed> {
+    seeds.get(i)?.get(k.checked_sub(first)?).copied().flatten()
 }
 
 /// Recomputes and stores one pair, clearing its dirty mark at generation `gen`.
@@ -153,53 +272,93 @@ pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
 
 /// Recomputes up to [`ROUND`] dirty pairs and stores them in one transaction; returns
 /// how many it took. Reads and writes in bulk: a few queries per season in the round,
-/// and only the nights whose figures changed are rewritten.
+/// and only the nights whose figures changed are rewritten. A pair marked with the
+/// instant its new readings start, and saved with a resume state, is recomputed only
+/// from the nights those readings can change (engine/resume.rs); any other, whole.
 pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize, StoreError> {
-    let pairs = store.dirty(ROUND).await?;
-    let mut by_season: BTreeMap<Season, Vec<(String, i64)>> = BTreeMap::new();
-    for (hh, season, gen) in &pairs {
-        match season.parse::<Season>() {
-            Ok(s) => by_season.entry(s).or_default().push((hh.clone(), *gen)),
+    let marks = store.dirty_marks(ROUND).await?;
+    let mut by_season: BTreeMap<Season, Vec<&DirtyMark>> = BTreeMap::new();
+    for m in &marks {
+        match m.season.parse::<Season>() {
+            Ok(s) => by_season.entry(s).or_default().push(m),
             Err(_) => {
-                warn!(household = %hh, season = %season, "dirty mark with a bad season name dropped");
-                store.clear_dirty(hh, season, *gen).await?;
+                warn!(household = %m.household, season = %m.season, "dirty mark with a bad season name dropped");
+                store.clear_dirty(&m.household, &m.season, m.gen).await?;
             }
         }
     }
-    let mut results = Vec::with_capacity(pairs.len());
+    let max_gap = engine.policy().rules.max_gap_s;
+    let mut results = Vec::with_capacity(marks.len());
+    let (mut whole, mut resumed) = (0usize, 0usize);
     for (season, marks) in by_season {
-        let ids: Vec<String> = marks.iter().map(|(h, _)| h.clone()).collect();
-        let inputs = store
-            .round_inputs(&ids, season_until(engine, season))
-            .await?;
-        for (hh, gen) in marks {
-            let Some(h) = inputs.households.get(&hh) else {
-                debug!(household = %hh, %season, "dirty mark of an unknown household dropped");
-                store.clear_dirty(&hh, &season.to_string(), gen).await?;
+        let name = season.to_string();
+        let ids: Vec<String> = marks.iter().map(|m| m.household.clone()).collect();
+        let registry = store.round_registry(&ids).await?;
+        let states = store.season_states(&name, &ids).await?;
+        let frame = engine.frame(season, now);
+        let mut jobs = Vec::with_capacity(marks.len());
+        let mut bounds = Vec::new();
+        for m in marks {
+            let Some(h) = registry.households.get(&m.household) else {
+                debug!(household = %m.household, %season, "dirty mark of an unknown household dropped");
+                store.clear_dirty(&m.household, &name, m.gen).await?;
                 continue;
             };
-            let rows = inputs.meters.get(&hh).map(Vec::as_slice).unwrap_or(&[]);
-            let (statement, nights) = compute_from(
-                engine,
-                h,
-                rows,
-                &inputs.readings,
-                &inputs.conflicts,
-                season,
-                now,
-                false,
-            );
-            results.push((statement, nights, Some(gen)));
+            let rows = registry
+                .meters
+                .get(&m.household)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let input = household_input(h, rows);
+            let fp = resume::fingerprint(engine.policy(), &input);
+            let plan = m.since.and_then(|since| {
+                let old = SeasonState::from_bytes(states.get(&m.household)?)?;
+                if old.fingerprint != fp {
+                    return None;
+                }
+                Some((resume::plan(&frame, &input, &old, since, max_gap)?, old))
+            });
+            for (i, span) in input.meters.iter().enumerate() {
+                let lower = plan
+                    .as_ref()
+                    .and_then(|(p, _)| p.lower.get(i).copied().flatten());
+                bounds.push((span.meter.as_str().to_string(), lower));
+            }
+            jobs.push((m, input, fp, plan));
+        }
+        let (stored, stored_conflicts) = store
+            .round_readings(&bounds, season_until(engine, season))
+            .await?;
+        for (m, input, fp, plan) in jobs {
+            if plan.is_some() {
+                resumed += 1;
+            } else {
+                whole += 1;
+            }
+            let data = engine_readings(&input, &stored, &stored_conflicts);
+            let (statement, nights, from, state) =
+                compute_pair(engine, &frame, &input, fp, &data, plan);
+            results.push(SavedPair {
+                statement,
+                nights,
+                gen: Some(m.gen),
+                from_night: from.map(|n| n.to_string()),
+                state: Some(state.to_bytes()),
+            });
         }
     }
     let saved = store.save_round(&results, now).await?;
+    RESUMED_PAIRS.fetch_add(resumed as u64, Relaxed);
+    WHOLE_PAIRS.fetch_add(whole as u64, Relaxed);
     debug!(
-        pairs = pairs.len(),
+        pairs = marks.len(),
+        whole,
+        resumed,
         written = saved.nights_written,
         unchanged = saved.nights_unchanged,
         "recompute round stored"
     );
-    Ok(pairs.len())
+    Ok(marks.len())
 }
 
 /// Runs until `shutdown`: recomputes dirty pairs when ingest says so, and marks every
@@ -268,20 +427,26 @@ async fn catch_up_closes(store: &Store, engine: &Engine, now: i64) -> Result<(),
         return Ok(());
     }
     if let Some(season) = cal.season_of_night(b.night) {
-        mark_all(store, season).await?;
+        // Listing the night changes only nights its readings can reach: from its open.
+        let since = cal.night_span(b.night).map(|(open, _)| open);
+        mark_all(store, season, since).await?;
     }
     store.set_meta(CLOSES_MARKED, b.t).await
 }
 
-async fn mark_all(store: &Store, season: Season) -> Result<(), StoreError> {
+async fn mark_all(store: &Store, season: Season, since: Option<i64>) -> Result<(), StoreError> {
     let s = season.to_string();
-    let pairs: Vec<_> = store
-        .household_ids()
-        .await?
-        .into_iter()
-        .map(|h| (h, s.clone()))
-        .collect();
-    store.mark_dirty(&pairs).await
+    let ids = store.household_ids().await?;
+    match since {
+        Some(t) => {
+            let pairs: Vec<_> = ids.into_iter().map(|h| (h, s.clone(), t)).collect();
+            store.mark_dirty_since(&pairs).await
+        }
+        None => {
+            let pairs: Vec<_> = ids.into_iter().map(|h| (h, s.clone())).collect();
+            store.mark_dirty(&pairs).await
+        }
+    }
 }
 
 /// The next instant after `t` at which a night closes, with the night's season.
@@ -313,6 +478,24 @@ pub fn rows_of(
     policy: &Policy,
     household: &str,
     explain: bool,
+) -> (StatementRow, Vec<NightRow>) {
+    rows_from(
+        out, input, conflicts, policy, household, explain, None, false,
+    )
+}
+
+/// [`rows_of`] with night rows only from night `from` on (earlier nights are stored
+/// already); `conflict_before`: one of those earlier nights carries [`READING_CONFLICT`].
+#[allow(clippy::too_many_arguments)]
+fn rows_from(
+    out: &HouseholdSeason,
+    input: &HouseholdInput,
+    conflicts: &HashMap<MeterId, Vec<i64>>,
+    policy: &Policy,
+    household: &str,
+    explain: bool,
+    from: Option<Night>,
+    conflict_before: bool,
 ) -> (StatementRow, Vec<NightRow>) {
     let s = &out.statement;
     let statement = StatementRow {
@@ -346,6 +529,7 @@ pub fn rows_of(
     let nights: Vec<NightRow> = out
         .nights
         .iter()
+        .filter(|n| from.is_none_or(|f| n.night >= f))
         .map(|n| {
             let mut flags: Vec<String> = n.flags.names().map(String::from).collect();
             if conflicted(n) {
@@ -424,9 +608,10 @@ pub fn rows_of(
         })
         .collect();
     let mut statement = statement;
-    if nights
-        .iter()
-        .any(|n| n.flags.iter().any(|f| f == READING_CONFLICT))
+    if conflict_before
+        || nights
+            .iter()
+            .any(|n| n.flags.iter().any(|f| f == READING_CONFLICT))
     {
         statement.flags.push(READING_CONFLICT.into());
     }
@@ -481,3 +666,7 @@ pub fn local(t: i64, offset: UtcOffset) -> String {
         .and_then(|d| d.to_offset(offset).format(&Rfc3339).ok())
         .unwrap_or_else(|| t.to_string())
 }
+
+#[cfg(test)]
+#[path = "recompute_tests.rs"]
+mod tests;

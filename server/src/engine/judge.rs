@@ -71,6 +71,45 @@ impl Limits {
     }
 }
 
+/// The judging state of a meter span just before its latest accepted reading at or
+/// before some instant `t`: enough to judge that reading and every later one exactly as a
+/// run from the span's first reading does (its own verdicts, a wrap or a valley
+/// rejection, included: they flag the nights resting on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Seed {
+    /// When the latest accepted reading at or before `t` was read, UTC Unix seconds.
+    pub latest: UnixTime,
+    /// The accepted reading before that one, as the full run used it (unwrapped values
+    /// included): the baseline the latest one was judged against.
+    pub last: UsedReading,
+    /// The valley register's baseline then: `(ts, valley as read, valley unwrapped)` of
+    /// the latest accepted reading up to `last` whose valley was kept.
+    pub valley_base: Option<(UnixTime, i64, i64)>,
+}
+
+impl Seed {
+    /// The state for instant `t` from the accepted readings `acc` (increasing `ts`);
+    /// `None` when fewer than two are at or before `t` (judge such a span from its first
+    /// reading). `resumed`: the seed `acc` was judged from, whose valley baseline stands
+    /// when no reading of `acc` before the latest one kept its valley.
+    pub(crate) fn at(acc: &[UsedReading], t: UnixTime, resumed: Option<&Seed>) -> Option<Seed> {
+        let n = acc.partition_point(|r| r.ts <= t);
+        let latest = acc.get(n.checked_sub(1)?)?.ts;
+        let before = acc.get(..n.checked_sub(1)?)?;
+        let last = *before.last()?;
+        let valley_base = before
+            .iter()
+            .rev()
+            .find_map(|r| Some((r.ts, r.e_valley_wh?, r.valley_unwrapped_wh?)))
+            .or_else(|| resumed.and_then(|s| s.valley_base));
+        Some(Seed {
+            latest,
+            last,
+            valley_base,
+        })
+    }
+}
+
 /// Sorts `raw` by `(ts, e_wh, e_valley_wh)` into `buf` unless it already is, and
 /// returns the sorted slice. Exact repeats and same-`ts` conflicts stay; [`judge`]
 /// keeps the first of each `ts`.
@@ -89,16 +128,27 @@ pub(crate) fn sorted<'a>(raw: &'a [RawReading], buf: &'a mut Vec<RawReading>) ->
 ///
 /// `sorted` must be ordered by `(ts, e_wh, e_valley_wh)`. Appends the accepted readings
 /// to `accepted` (cleared first) and the rejections and wraps to `judged`.
+///
+/// With a `seed` (the state a full run had) judging resumes after `seed.last`: earlier
+/// readings are skipped, `seed.last` heads `accepted`, and the first-reading guard does
+/// not apply. Everything after it is judged as the full run did.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn judge(
     sorted: &[RawReading],
     from: UnixTime,
     to: Option<UnixTime>,
     limits: Limits,
     span: usize,
+    seed: Option<&Seed>,
     accepted: &mut Vec<UsedReading>,
     judged: &mut Vec<Judgement>,
 ) {
     accepted.clear();
+    // Resumed: the readings up to the seed's were judged before and left this state.
+    let from = match seed {
+        Some(s) => from.max(s.last.ts.saturating_add(1)),
+        None => from,
+    };
     let lo = sorted.partition_point(|r| r.ts < from);
     let hi = match to {
         Some(to) => sorted.partition_point(|r| r.ts <= to),
@@ -107,10 +157,18 @@ pub(crate) fn judge(
     let Some(window) = sorted.get(lo..hi) else {
         return;
     };
-    let window = first_baseline(window, limits, span, judged);
     // The valley register's own baseline: the latest accepted reading whose valley was kept.
     let mut valley_base: Option<(UnixTime, i64, i64)> = None;
     let mut last_ts: Option<UnixTime> = None;
+    let window = match seed {
+        Some(s) => {
+            accepted.push(s.last);
+            valley_base = s.valley_base;
+            last_ts = Some(s.last.ts);
+            window
+        }
+        None => first_baseline(window, limits, span, judged),
+    };
     for r in window {
         if last_ts == Some(r.ts) {
             continue; // a repeat, or a same-ts conflict: the first (smallest) is kept
@@ -267,7 +325,7 @@ mod tests {
         let mut buf = Vec::new();
         let s = sorted(readings, &mut buf);
         let (mut acc, mut judged) = (Vec::new(), Vec::new());
-        judge(s, i64::MIN, None, LIMITS, 0, &mut acc, &mut judged);
+        judge(s, i64::MIN, None, LIMITS, 0, None, &mut acc, &mut judged);
         (acc, judged)
     }
 
@@ -357,7 +415,7 @@ mod tests {
         let b = [r(0, 1000), r(120, 2000), r(300, 3000)];
         assert_eq!(run(&a), run(&b));
         let (mut acc, mut judged) = (Vec::new(), Vec::new());
-        judge(&b, 1, Some(120), LIMITS, 7, &mut acc, &mut judged);
+        judge(&b, 1, Some(120), LIMITS, 7, None, &mut acc, &mut judged);
         assert_eq!(acc.iter().map(|a| a.ts).collect::<Vec<_>>(), [120]);
     }
 

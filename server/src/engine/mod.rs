@@ -80,6 +80,7 @@ pub mod explain;
 mod judge;
 pub mod model;
 mod night;
+pub mod resume;
 mod season;
 
 #[cfg(test)]
@@ -90,13 +91,13 @@ use qingnuan_shared::policy::Policy;
 use qingnuan_shared::UnixTime;
 
 pub use explain::{explain_judgement, explain_night, local_time};
-pub use judge::REGISTER_RESOLUTION_WH;
+pub use judge::{Seed, REGISTER_RESOLUTION_WH};
 pub use model::{
     BoundaryValue, EdgeKind, Flags, HouseholdInput, HouseholdSeason, Judgement, MeterSpan,
     NightCounts, NightFigure, Part, Quality, RawReading, ReadingSource, Statement, UnknownName,
     UsedReading, Verdict,
 };
-pub use night::SeasonFrame;
+pub use night::{SeasonFrame, AHEAD};
 
 use judge::Limits;
 use model::UsedReading as Used;
@@ -111,6 +112,8 @@ pub struct Engine {
     sort_buf: Vec<RawReading>,
     accepted: Vec<Vec<Used>>,
     order: Vec<usize>,
+    /// The seed each slot of the last run was resumed from.
+    resumed: Vec<Option<Seed>>,
 }
 
 impl Engine {
@@ -122,6 +125,7 @@ impl Engine {
             sort_buf: Vec::new(),
             accepted: Vec::new(),
             order: Vec::new(),
+            resumed: Vec::new(),
         }
     }
 
@@ -149,6 +153,22 @@ impl Engine {
         household: &HouseholdInput,
         readings: &R,
     ) -> HouseholdSeason {
+        self.household_resumed(frame, household, readings, &[])
+    }
+
+    /// [`Engine::household`] resumed from saved judging states: `seeds[i]` (by index in
+    /// `household.meters`; missing or `None`: from the span's first reading) is what
+    /// [`Engine::seeds_at`] returned for span `i` at some instant `t`, and `readings` must
+    /// hold at least that span's readings after `seeds[i].last`. Then every judgement
+    /// after `seeds[i].last` and every boundary after `t` equal the full run's; figures
+    /// of nights with a boundary at or before `t` are not meaningful.
+    pub fn household_resumed<R: ReadingSource + ?Sized>(
+        &mut self,
+        frame: &SeasonFrame,
+        household: &HouseholdInput,
+        readings: &R,
+        seeds: &[Option<Seed>],
+    ) -> HouseholdSeason {
         let rules = &self.policy.rules;
         let limits = Limits {
             max_power_w: household
@@ -174,6 +194,8 @@ impl Engine {
         if self.accepted.len() < meters.len() {
             self.accepted.resize_with(meters.len(), Vec::new);
         }
+        self.resumed.clear();
+        self.resumed.resize(meters.len(), None);
         let mut judged = Vec::new();
         let mut judged_ranges = Vec::with_capacity(meters.len());
         for (slot, &i) in self.order.iter().enumerate() {
@@ -183,7 +205,20 @@ impl Engine {
                 continue;
             };
             let sorted = judge::sorted(readings.readings_of(&span.meter), &mut self.sort_buf);
-            judge::judge(sorted, span.from, span.to, limits, i, acc, &mut judged);
+            let seed = seeds.get(i).and_then(Option::as_ref);
+            if let Some(r) = self.resumed.get_mut(slot) {
+                *r = seed.copied();
+            }
+            judge::judge(
+                sorted,
+                span.from,
+                span.to,
+                limits,
+                i,
+                seed,
+                acc,
+                &mut judged,
+            );
             judged_ranges.push(before..judged.len());
         }
         let mut views: Vec<SpanView<'_>> = self
@@ -222,6 +257,30 @@ impl Engine {
             judged,
             statement,
         }
+    }
+}
+
+impl Engine {
+    /// The judging state of each span of `household` (by index in `household.meters`)
+    /// at each instant of `at`, from the accepted readings of the last
+    /// [`Engine::household`] (or resumed) run for that same household: `out[i][k]` is
+    /// `None` when span `i` had no accepted reading at or before `at[k]`.
+    pub fn seeds_at(&self, household: &HouseholdInput, at: &[UnixTime]) -> Vec<Vec<Option<Seed>>> {
+        let mut out = vec![Vec::new(); household.meters.len()];
+        for (slot, &i) in self.order.iter().enumerate() {
+            let (Some(acc), Some(o)) = (self.accepted.get(slot), out.get_mut(i)) else {
+                continue;
+            };
+            let resumed = self.resumed.get(slot).and_then(Option::as_ref);
+            *o = at.iter().map(|&t| Seed::at(acc, t, resumed)).collect();
+        }
+        out
+    }
+
+    /// The season step alone: fills each night's `subsidised_wh` and `cumulative_wh`
+    /// and returns the statement (for nights merged from stored and computed figures).
+    pub fn settle(&self, nights: &mut [NightFigure]) -> Statement {
+        season::settle(nights, &self.policy)
     }
 }
 

@@ -18,22 +18,37 @@ pub struct SeasonFrame {
     span: (UnixTime, UnixTime),
     now: UnixTime,
     nights: Vec<(Night, UnixTime, UnixTime)>,
+    /// The season's next nights not closed yet (at most [`AHEAD`]).
+    ahead: Vec<(Night, UnixTime, UnixTime)>,
 }
+
+/// Upcoming nights a frame knows of (for states saved ahead of a night close).
+pub const AHEAD: usize = 2;
 
 impl SeasonFrame {
     /// The nights of `season` whose span (window clipped to the season) has closed by
     /// `now` (UTC Unix seconds), in order.
     pub fn new(calendar: &Calendar, season: Season, now: UnixTime) -> Self {
-        let nights = calendar
+        let mut nights = Vec::new();
+        let mut ahead = Vec::new();
+        for n in calendar
             .nights(season)
             .filter_map(|n| calendar.night_span(n).map(|(a, c)| (n, a, c)))
-            .filter(|&(_, _, c)| c <= now)
-            .collect();
+        {
+            if n.2 <= now {
+                nights.push(n);
+            } else if ahead.len() < AHEAD {
+                ahead.push(n);
+            } else {
+                break;
+            }
+        }
         Self {
             season,
             span: calendar.season_span(season),
             now,
             nights,
+            ahead,
         }
     }
 
@@ -55,6 +70,12 @@ impl SeasonFrame {
     /// `(night, open, close)` of every closed night, UTC Unix seconds, in order.
     pub fn nights(&self) -> &[(Night, UnixTime, UnixTime)] {
         &self.nights
+    }
+
+    /// The same for the season's next nights, not closed yet (at most [`AHEAD`]): night
+    /// `k` of the season is `nights()[k]`, then `ahead()[k - nights().len()]`.
+    pub fn ahead(&self) -> &[(Night, UnixTime, UnixTime)] {
+        &self.ahead
     }
 }
 

@@ -141,6 +141,18 @@ async fn render(app: &App) -> Result<String, ApiError> {
     }
 
     e.family(
+        "qingnuan_recompute_pairs_total",
+        "counter",
+        "(household, season) pairs recomputed, resumed from their saved state (only the nights new readings can change) or whole.",
+    );
+    for (mode, v) in [
+        ("resumed", &crate::recompute::RESUMED_PAIRS),
+        ("whole", &crate::recompute::WHOLE_PAIRS),
+    ] {
+        e.sample("qingnuan_recompute_pairs_total", &[("mode", mode)], n(v));
+    }
+
+    e.family(
         "qingnuan_quarantine_rows",
         "gauge",
         "Quarantined messages and readings in the store, by reason (all time).",

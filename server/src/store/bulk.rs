@@ -29,6 +29,22 @@ pub struct RoundInputs {
     pub conflicts: HashMap<String, Vec<i64>>,
 }
 
+/// The figures of one (household, season) pair, as a round saves them.
+#[derive(Debug, Clone)]
+pub struct SavedPair {
+    /// The statement.
+    pub statement: StatementRow,
+    /// The nights computed: all of them, or those from `from_night` on.
+    pub nights: Vec<NightRow>,
+    /// Generation of the dirty mark the figures came from (`None`: no mark to clear).
+    pub gen: Option<i64>,
+    /// The first night recomputed (`YYYY-MM-DD`): stored nights before it are kept as
+    /// they are; `None`: the whole season was recomputed.
+    pub from_night: Option<String>,
+    /// The resume state to save with the figures (`None`: remove any saved one).
+    pub state: Option<Vec<u8>>,
+}
+
 /// What a bulk save wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SaveSummary {
@@ -50,6 +66,21 @@ impl Store {
         households: &[String],
         until: i64,
     ) -> Result<RoundInputs, StoreError> {
+        let mut out = self.round_registry(households).await?;
+        let meters: Vec<(String, Option<i64>)> = out
+            .meters
+            .values()
+            .flatten()
+            .map(|m| (m.meter.clone(), None))
+            .collect();
+        let (readings, conflicts) = self.round_readings(&meters, until).await?;
+        out.readings = readings;
+        out.conflicts = conflicts;
+        Ok(out)
+    }
+
+    /// The registry rows of `households` (readings and conflicts left empty).
+    pub async fn round_registry(&self, households: &[String]) -> Result<RoundInputs, StoreError> {
         let mut out = RoundInputs::default();
         let mut conn = self.pool.acquire().await?;
         for ids in households.chunks(IDS) {
@@ -91,15 +122,43 @@ impl Store {
                 out.meters.entry(m.household.clone()).or_default().push(m);
             }
         }
-        let mut meters: Vec<&str> = out
-            .meters
-            .values()
-            .flatten()
-            .map(|m| m.meter.as_str())
-            .collect();
-        meters.sort_unstable();
-        meters.dedup();
-        for ids in meters.chunks(IDS) {
+        Ok(out)
+    }
+
+    /// Readings with `lower < ts < until` of each `(meter, lower)` (`None`: no lower
+    /// bound; a meter listed twice gets the lower of its bounds), and every meter's
+    /// conflict instants.
+    #[allow(clippy::type_complexity)]
+    pub async fn round_readings(
+        &self,
+        meters: &[(String, Option<i64>)],
+        until: i64,
+    ) -> Result<
+        (
+            HashMap<String, Vec<StoredReading>>,
+            HashMap<String, Vec<i64>>,
+        ),
+        StoreError,
+    > {
+        let mut bound: HashMap<&str, Option<i64>> = HashMap::new();
+        for (m, lower) in meters {
+            let b = bound.entry(m.as_str()).or_insert(*lower);
+            *b = b.zip(*lower).map(|(a, c)| a.min(c));
+        }
+        let mut all: Vec<&str> = Vec::new();
+        let mut after: Vec<(&str, i64)> = Vec::new();
+        for (m, b) in &bound {
+            match b {
+                None => all.push(m),
+                Some(lo) => after.push((m, *lo)),
+            }
+        }
+        all.sort_unstable();
+        after.sort_unstable();
+        let mut readings = HashMap::new();
+        let mut conflicts: HashMap<String, Vec<i64>> = HashMap::new();
+        let mut conn = self.pool.acquire().await?;
+        for ids in all.chunks(IDS) {
             // One row per meter with its readings packed as text: fetching a row per
             // reading costs microseconds each, packing is done inside the database.
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
@@ -115,8 +174,37 @@ impl Store {
                 .push(" GROUP BY meter");
             for r in qb.build().fetch_all(&mut *conn).await? {
                 let packed: &str = r.get(1);
-                out.readings.insert(r.get(0), unpack(packed)?);
+                readings.insert(r.get(0), unpack(packed)?);
             }
+        }
+        for chunk in after.chunks(IDS) {
+            // The same, from a lower bound per meter: a join with the list of bounds.
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
+                "SELECT r.meter, string_agg(CAST(r.ts AS TEXT) || ',' || CAST(r.e_wh AS TEXT) || ',' || \
+                 COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';' ORDER BY r.ts) FROM (VALUES ",
+            );
+            let mut sep = qb.separated(", ");
+            for (m, lo) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(*m)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*lo)
+                    .push_unseparated(")");
+            }
+            qb.push(
+                ") AS w JOIN readings r ON r.meter = w.column1 AND r.ts > w.column2 AND r.ts < ",
+            )
+            .push_bind(until)
+            .push(" GROUP BY r.meter");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let packed: &str = r.get(1);
+                readings.insert(r.get(0), unpack(packed)?);
+            }
+        }
+        let mut ids: Vec<&str> = bound.keys().copied().collect();
+        ids.sort_unstable();
+        for ids in ids.chunks(IDS) {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                 self.backend,
                 "SELECT DISTINCT meter, ts FROM reading_conflicts WHERE meter IN ",
@@ -126,7 +214,31 @@ impl Store {
             });
             qb.push(" ORDER BY meter, ts");
             for r in qb.build().fetch_all(&mut *conn).await? {
-                out.conflicts.entry(r.get(0)).or_default().push(r.get(1));
+                conflicts.entry(r.get(0)).or_default().push(r.get(1));
+            }
+        }
+        Ok((readings, conflicts))
+    }
+
+    /// The saved resume states (engine/resume.rs bytes) of `households` in `season`.
+    pub async fn season_states(
+        &self,
+        season: &str,
+        households: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let mut out = HashMap::new();
+        let mut conn = self.pool.acquire().await?;
+        for ids in households.chunks(IDS) {
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                self.backend,
+                "SELECT household, state FROM season_state WHERE season = ",
+            );
+            qb.push_bind(season).push(" AND household IN ");
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(id);
+            });
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                out.insert(r.get(0), r.get(1));
             }
         }
         Ok(out)
@@ -137,7 +249,7 @@ impl Store {
     /// at the generation given (a newer mark survives, as in [`Store::save_season`]).
     pub async fn save_round(
         &self,
-        items: &[(StatementRow, Vec<NightRow>, Option<i64>)],
+        items: &[SavedPair],
         now: i64,
     ) -> Result<SaveSummary, StoreError> {
         let mut sum = SaveSummary::default();
@@ -146,35 +258,51 @@ impl Store {
         // committed in between, and reading outside it could skip a night another writer
         // changed.
         let mut tx = self.begin_write(super::WriteLock::Figures).await?;
-        let items: Vec<&(StatementRow, Vec<NightRow>, Option<i64>)> = match self.backend {
+        let items: Vec<&SavedPair> = match self.backend {
             super::Backend::Sqlite => items.iter().collect(),
             super::Backend::Postgres => {
-                let all = items
-                    .iter()
-                    .map(|i| (i.0.household.as_str(), i.0.season.as_str(), i.2, i));
+                let all = items.iter().map(|i| {
+                    (
+                        i.statement.household.as_str(),
+                        i.statement.season.as_str(),
+                        i.gen,
+                        i,
+                    )
+                });
                 let keep = fresh(&mut tx, all).await?;
                 sum.stale = (items.len() - keep.len()) as u64;
                 keep
             }
         };
-        let mut by_season: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (s, _, _) in &items {
-            by_season
+        // Per season: its households, and the earliest night any of them recomputed
+        // (`None`: some recomputed the whole season); stored nights before it stay as they are.
+        let mut by_season: HashMap<&str, (Vec<&str>, Option<&str>)> = HashMap::new();
+        let mut first_of: HashMap<&str, Option<&str>> = HashMap::new();
+        for p in &items {
+            let s = &p.statement;
+            let from = p.from_night.as_deref();
+            let e = by_season
                 .entry(s.season.as_str())
-                .or_default()
-                .push(s.household.as_str());
+                .or_insert((Vec::new(), from));
+            e.0.push(s.household.as_str());
+            e.1 = e.1.zip(from).map(|(a, b)| a.min(b));
+            first_of.insert(s.household.as_str(), from);
         }
         // The stored nights, one packed row per household (`night,wh,quality,flags|…`;
         // flags are a JSON array of snake_case names, so neither separator occurs in it).
         let mut stored: HashMap<(String, String), NightRow> = HashMap::new();
-        for (season, households) in &by_season {
+        for (season, (households, from)) in &by_season {
             for ids in households.chunks(IDS) {
                 let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                 self.backend,
                     "SELECT household, string_agg(night || ',' || CAST(wh AS TEXT) || ',' || quality || ',' || flags, '|') \
                      FROM nights WHERE season = ",
                 );
-                qb.push_bind(*season).push(" AND household IN ");
+                qb.push_bind(*season);
+                if let Some(from) = from {
+                    qb.push(" AND night >= ").push_bind(*from);
+                }
+                qb.push(" AND household IN ");
                 qb.push_tuples(ids, |mut b, id| {
                     b.push_bind(*id);
                 });
@@ -189,13 +317,17 @@ impl Store {
             }
         }
         // The few stored nights with a detail (readings set aside), compared in full.
-        for (season, households) in &by_season {
+        for (season, (households, from)) in &by_season {
             for ids in households.chunks(IDS) {
                 let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                     self.backend,
                     "SELECT household, night, detail FROM nights WHERE detail <> '' AND season = ",
                 );
-                qb.push_bind(*season).push(" AND household IN ");
+                qb.push_bind(*season);
+                if let Some(from) = from {
+                    qb.push(" AND night >= ").push_bind(*from);
+                }
+                qb.push(" AND household IN ");
                 qb.push_tuples(ids, |mut b, id| {
                     b.push_bind(*id);
                 });
@@ -206,8 +338,18 @@ impl Store {
                 }
             }
         }
+        // Nights before a household's own first recomputed night were read only because
+        // another household of the round started earlier: not this one's to compare.
+        stored.retain(|(hh, night), _| {
+            first_of
+                .get(hh.as_str())
+                .copied()
+                .flatten()
+                .is_none_or(|from| night.as_str() >= from)
+        });
         let mut changed: Vec<(&str, &str, &NightRow)> = Vec::new();
-        for (s, nights, _) in &items {
+        for p in &items {
+            let (s, nights) = (&p.statement, &p.nights);
             for n in nights {
                 match stored.remove(&(s.household.clone(), n.night.clone())) {
                     Some(old) if old == *n => sum.nights_unchanged += 1,
@@ -255,12 +397,60 @@ impl Store {
             sum.nights_removed += qb.build().execute(&mut *tx).await?.rows_affected();
         }
         for chunk in items.chunks(IDS / 2) {
-            let chunk: Vec<_> = chunk.iter().map(|(s, _, gen)| (s, *gen)).collect();
-            save_statements(&mut tx, self.backend, &chunk, now).await?;
+            let rows: Vec<_> = chunk.iter().map(|p| (&p.statement, p.gen)).collect();
+            save_statements(&mut tx, self.backend, &rows, now).await?;
+            save_states(&mut tx, self.backend, chunk).await?;
         }
         tx.commit().await?;
         Ok(sum)
     }
+}
+
+/// Upserts the resume states of `pairs` and removes those a pair saved without one.
+async fn save_states(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    pairs: &[&SavedPair],
+) -> Result<(), StoreError> {
+    let with: Vec<_> = pairs
+        .iter()
+        .filter_map(|p| Some((&p.statement, p.state.as_ref()?)))
+        .collect();
+    if !with.is_empty() {
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+            backend,
+            "INSERT INTO season_state (household, season, state) ",
+        );
+        qb.push_values(&with, |mut b, (s, state)| {
+            b.push_bind(&s.household)
+                .push_bind(&s.season)
+                .push_bind(state.as_slice());
+        });
+        qb.push(" ON CONFLICT (household, season) DO UPDATE SET state = excluded.state");
+        qb.build().execute(&mut **tx).await?;
+    }
+    let without: Vec<_> = pairs
+        .iter()
+        .filter(|p| p.state.is_none())
+        .map(|p| &p.statement)
+        .collect();
+    if !without.is_empty() {
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+            backend,
+            "DELETE FROM season_state WHERE (household, season) IN (VALUES ",
+        );
+        let mut sep = qb.separated(", ");
+        for s in without {
+            sep.push("(")
+                .push_bind_unseparated(s.household.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(s.season.as_str())
+                .push_unseparated(")");
+        }
+        qb.push(")");
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Keeps the pairs whose figures may be saved, after locking the `dirty` rows of those
@@ -481,34 +671,28 @@ mod tests {
     async fn save_round_writes_only_what_changed_and_removes_what_is_gone() {
         let store = Store::open("sqlite::memory:").await.unwrap();
         let first = vec![
-            (
+            pair(
                 statement("hh-1", 30),
                 vec![
                     night("2025-11-01", 10, &[]),
                     night("2025-11-02", 20, &["a,b"]),
                 ],
-                None,
             ),
-            (
-                statement("hh-2", 5),
-                vec![night("2025-11-01", 5, &[])],
-                None,
-            ),
+            pair(statement("hh-2", 5), vec![night("2025-11-01", 5, &[])]),
         ];
         let sum = store.save_round(&first, 1).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (3, 0));
         // hh-1: one night the same, one with a new flag, one new; hh-2: its night gone.
         let second = vec![
-            (
+            pair(
                 statement("hh-1", 60),
                 vec![
                     night("2025-11-01", 10, &[]),
                     night("2025-11-02", 20, &["a,b", "c"]),
                     night("2025-11-03", 30, &[]),
                 ],
-                None,
             ),
-            (statement("hh-2", 0), vec![], None),
+            pair(statement("hh-2", 0), vec![]),
         ];
         let sum = store.save_round(&second, 2).await.unwrap();
         assert_eq!(
@@ -522,7 +706,7 @@ mod tests {
         );
         assert_eq!(
             store.nights("hh-1", "2025-2026").await.unwrap(),
-            second[0].1
+            second[0].nights
         );
         assert!(store.nights("hh-2", "2025-2026").await.unwrap().is_empty());
         let s = store.statement("hh-1", "2025-2026").await.unwrap().unwrap();
@@ -532,12 +716,75 @@ mod tests {
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
         // Same figures, a reading newly set aside (the detail): that night is rewritten.
         let mut third = second.clone();
-        third[0].1[1].detail = r#"{"readings_set_aside":[{"ts":1}]}"#.into();
+        third[0].nights[1].detail = r#"{"readings_set_aside":[{"ts":1}]}"#.into();
         let sum = store.save_round(&third, 4).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (1, 2));
-        assert_eq!(store.nights("hh-1", "2025-2026").await.unwrap(), third[0].1);
+        assert_eq!(
+            store.nights("hh-1", "2025-2026").await.unwrap(),
+            third[0].nights
+        );
         let sum = store.save_round(&third, 5).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_save_keeps_the_nights_before_its_first_and_stores_its_state() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let first = vec![pair(
+            statement("hh-1", 60),
+            vec![
+                night("2025-11-01", 10, &[]),
+                night("2025-11-02", 20, &[]),
+                night("2025-11-03", 30, &[]),
+            ],
+        )];
+        store.save_round(&first, 1).await.unwrap();
+        // Resumed from Nov 3: Nov 1 and 2 are not in the list and stay; Nov 3 changes.
+        let mut resumed = pair(
+            statement("hh-1", 65),
+            vec![night("2025-11-03", 35, &[]), night("2025-11-04", 5, &[])],
+        );
+        resumed.from_night = Some("2025-11-03".into());
+        resumed.state = Some(vec![1, 2, 3]);
+        let sum = store.save_round(&[resumed.clone()], 2).await.unwrap();
+        assert_eq!(
+            (sum.nights_written, sum.nights_removed, sum.nights_unchanged),
+            (2, 0, 0)
+        );
+        let wh: Vec<i64> = store
+            .nights("hh-1", "2025-2026")
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.wh)
+            .collect();
+        assert_eq!(wh, [10, 20, 35, 5]);
+        let states = store
+            .season_states("2025-2026", &["hh-1".into()])
+            .await
+            .unwrap();
+        assert_eq!(states.get("hh-1"), Some(&vec![1, 2, 3]));
+        // A whole save without a state removes the saved one.
+        store.save_round(&first, 3).await.unwrap();
+        assert!(store
+            .season_states("2025-2026", &["hh-1".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.nights("hh-1", "2025-2026").await.unwrap(),
+            first[0].nights
+        );
+    }
+
+    fn pair(statement: StatementRow, nights: Vec<NightRow>) -> SavedPair {
+        SavedPair {
+            statement,
+            nights,
+            gen: None,
+            from_night: None,
+            state: None,
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The ingest transaction: one batch of MQTT messages, already validated, committed at
 //! once. Every insert is keyed, so committing the same batch twice changes nothing.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
@@ -155,7 +155,17 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let mut sum = CommitSummary::default();
-        let mut dirty = BTreeSet::new();
+        // (household, season) → the earliest instant that changed for it.
+        let mut dirty: BTreeMap<(String, String), Option<i64>> = BTreeMap::new();
+        let mut pairs = BTreeSet::new();
+        let mut mark = |r: &NewReading, dirty: &mut BTreeMap<(String, String), Option<i64>>| {
+            pairs.clear();
+            dirty_of(r, &mut pairs);
+            for p in std::mem::take(&mut pairs) {
+                let since = dirty.entry(p).or_insert(Some(r.ts));
+                *since = since.map(|s| s.min(r.ts));
+            }
+        };
         for chunk in readings.chunks(CHUNK) {
             let mut qb: QueryBuilder<'_> =
                 QueryBuilder::new(self.backend, "INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received) ");
@@ -182,12 +192,12 @@ impl Store {
                 let key = (r.meter.clone(), r.ts);
                 if inserted.contains(&key) && seen_new.insert(key) {
                     sum.new_readings += 1;
-                    dirty_of(r, &mut dirty);
+                    mark(r, &mut dirty);
                 } else if same_as_stored(&mut tx, r).await? {
                     sum.repeats += 1;
                 } else {
                     sum.conflicts += 1;
-                    sqlx::query(
+                    let flagged = sqlx::query(
                         "INSERT INTO reading_conflicts (meter, ts, e_wh, e_valley_wh, gateway, received)
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     )
@@ -199,6 +209,10 @@ impl Store {
                     .bind(batch.received)
                     .execute(&mut *tx)
                     .await?;
+                    if flagged.rows_affected() > 0 {
+                        // A night resting on this instant is now flagged.
+                        mark(r, &mut dirty);
+                    }
                 }
             }
         }

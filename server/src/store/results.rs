@@ -62,38 +62,62 @@ pub struct StatementRow {
     pub flags: Vec<String>,
 }
 
-/// Marks many pairs with multi-row upserts (100 a statement).
-pub(super) async fn mark_dirty_many<'a>(
+/// A (household, season) pair to recompute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyMark {
+    /// Household id.
+    pub household: String,
+    /// Season name.
+    pub season: String,
+    /// Generation of the mark: a save clears only the mark it computed from.
+    pub gen: i64,
+    /// The earliest instant of the readings (and conflicts) that made the mark, UTC Unix
+    /// seconds; `None`: the whole season (registry change, old mark).
+    pub since: Option<i64>,
+}
+
+/// How a new mark's `since` merges with a stored one: the earlier instant, and NULL
+/// (the whole season) wins over any instant.
+const SINCE_MERGE: &str =
+    "since = CASE WHEN dirty.since IS NULL OR excluded.since IS NULL THEN NULL \
+     WHEN excluded.since < dirty.since THEN excluded.since ELSE dirty.since END";
+
+/// Marks many pairs with multi-row upserts (100 a statement); each with the earliest
+/// instant of what changed (`None`: the whole season).
+pub(super) async fn mark_dirty_many(
     tx: &mut Transaction<'_, Any>,
     backend: super::Backend,
-    pairs: impl IntoIterator<Item = &'a (String, String)>,
+    marks: &std::collections::BTreeMap<(String, String), Option<i64>>,
 ) -> Result<(), StoreError> {
-    // Unique pairs: PostgreSQL refuses an upsert that touches one row twice.
-    let pairs: Vec<&(String, String)> = pairs
-        .into_iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for chunk in pairs.chunks(100) {
-        let mut qb: super::sql::QueryBuilder<'_> =
-            super::sql::QueryBuilder::new(backend, "INSERT INTO dirty (household, season, gen) ");
-        qb.push_values(chunk, |mut b, (hh, season)| {
-            b.push_bind(hh).push_bind(season).push_bind(1_i64);
+    // Unique pairs (a map): PostgreSQL refuses an upsert that touches one row twice.
+    let marks: Vec<_> = marks.iter().collect();
+    for chunk in marks.chunks(100) {
+        let mut qb: super::sql::QueryBuilder<'_> = super::sql::QueryBuilder::new(
+            backend,
+            "INSERT INTO dirty (household, season, gen, since) ",
+        );
+        qb.push_values(chunk, |mut b, ((hh, season), since)| {
+            b.push_bind(hh)
+                .push_bind(season)
+                .push_bind(1_i64)
+                .push_bind(**since);
         });
-        qb.push(" ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1");
+        qb.push(" ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, ");
+        qb.push(SINCE_MERGE);
         qb.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
 
+/// Marks one pair for a whole-season recompute (a registry change).
 pub(super) async fn mark_dirty(
     tx: &mut Transaction<'_, Any>,
     household: &str,
     season: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO dirty (household, season, gen) VALUES ($1, $2, 1)
-         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1",
+        "INSERT INTO dirty (household, season, gen, since) VALUES ($1, $2, 1, NULL)
+         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, since = NULL",
     )
     .bind(household)
     .bind(season)
@@ -113,10 +137,50 @@ fn flags_from(json: &str) -> Result<Vec<String>, StoreError> {
 impl Store {
     /// Marks (household, season) pairs for recompute.
     pub async fn mark_dirty(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
+        let marks = pairs.iter().map(|p| (p.clone(), None)).collect();
+        self.mark_dirty_marks(&marks).await
+    }
+
+    /// Marks (household, season) pairs for recompute of the nights that readings with
+    /// `ts >= since` can change (a night close: its open).
+    pub async fn mark_dirty_since(
+        &self,
+        pairs: &[(String, String, i64)],
+    ) -> Result<(), StoreError> {
+        let marks = pairs
+            .iter()
+            .map(|(h, s, since)| ((h.clone(), s.clone()), Some(*since)))
+            .collect();
+        self.mark_dirty_marks(&marks).await
+    }
+
+    async fn mark_dirty_marks(
+        &self,
+        marks: &std::collections::BTreeMap<(String, String), Option<i64>>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        mark_dirty_many(&mut tx, self.backend, pairs).await?;
+        mark_dirty_many(&mut tx, self.backend, marks).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Up to `limit` marks to recompute, with their generation and `since`.
+    pub async fn dirty_marks(&self, limit: i64) -> Result<Vec<DirtyMark>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT household, season, gen, since FROM dirty ORDER BY household, season LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DirtyMark {
+                household: r.get(0),
+                season: r.get(1),
+                gen: r.get(2),
+                since: r.get(3),
+            })
+            .collect())
     }
 
     /// Up to `limit` pairs to recompute, with the generation of their mark.
@@ -348,6 +412,12 @@ async fn save_one(
     now: i64,
 ) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM nights WHERE household = $1 AND season = $2")
+        .bind(&statement.household)
+        .bind(&statement.season)
+        .execute(&mut **tx)
+        .await?;
+    // Figures saved without a resume state: the next recompute of the pair is whole.
+    sqlx::query("DELETE FROM season_state WHERE household = $1 AND season = $2")
         .bind(&statement.household)
         .bind(&statement.season)
         .execute(&mut **tx)
