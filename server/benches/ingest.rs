@@ -7,7 +7,8 @@
 //! broker's `max_inflight_messages`, default 1000 as `deploy/mosquitto` sets it (Mosquitto's
 //! own default is 20); `BENCH_BATCH`, the server's `[ingest] batch_messages`, default 500).
 //! `BENCH_STORE=postgres`: the store path and the server on a PostgreSQL server the bench
-//! starts (fsync on); `BENCH_REPLICAS=n`: n servers in one shared-subscription group.
+//! starts (fsync on); `BENCH_REPLICAS=n`: n servers in one shared-subscription group;
+//! `BENCH_NIGHT=k`: readings of the season's night k (default 0, the first).
 
 #[path = "../tests/pg_support/mod.rs"]
 mod pg_support;
@@ -27,10 +28,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
 
 const PER_MESSAGE: usize = 40;
-/// 2025-11-01 20:00 +08:00
-const T0: i64 = 1_761_998_400;
-/// 2025-11-04 12:00 +08:00
-const NOW: i64 = T0 + 2 * 86_400 + 16 * 3600;
+/// The first reading: 2025-11-01 20:00 +08:00 plus `BENCH_NIGHT` days (default 0, the
+/// season's first night; a later night measures a store that resumes recomputes).
+fn t0() -> i64 {
+    1_761_998_400 + i64::try_from(env("BENCH_NIGHT", 0)).unwrap_or(0) * 86_400
+}
+
+/// The server's clock: 2 days and 16 hours after [`t0`].
+fn now() -> i64 {
+    t0() + 2 * 86_400 + 16 * 3600
+}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -49,14 +56,14 @@ fn messages(n: usize, gateways: usize) -> Vec<Msg> {
     (0..n)
         .map(|i| {
             let g = i % gateways;
-            let ts = T0 + (i / gateways) as i64 * 60;
+            let ts = t0() + (i / gateways) as i64 * 60;
             let readings: Vec<NewReading> = (0..PER_MESSAGE)
                 .map(|j| {
                     let k = (g * PER_MESSAGE + j) as i64;
                     NewReading {
                         meter: format!("m{k}"),
                         ts,
-                        e_wh: 1_000_000 + k * 1000 + (ts - T0) / 60 * 25,
+                        e_wh: 1_000_000 + k * 1000 + (ts - t0()) / 60 * 25,
                         e_valley_wh: None,
                         p_w: Some(1500),
                         meter_ts: Some(ts),
@@ -241,7 +248,7 @@ async fn store_path(msgs: &[Msg], url: &str, gateways: usize, batch: usize) -> f
         registry(gateways).as_bytes(),
         &Policy::beijing_2018(),
         "bench",
-        NOW,
+        now(),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -249,7 +256,7 @@ async fn store_path(msgs: &[Msg], url: &str, gateways: usize, batch: usize) -> f
     for chunk in msgs.chunks(batch) {
         let tx = IngestTx {
             readings: chunk.iter().flat_map(|m| m.readings.clone()).collect(),
-            received: NOW,
+            received: now(),
             ..Default::default()
         };
         store
@@ -294,14 +301,14 @@ async fn end_to_end(
         registry(gateways).as_bytes(),
         &Policy::beijing_2018(),
         "bench",
-        NOW,
+        now(),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let mut running = Vec::new();
     for config in configs {
         running.push(
-            qingnuan_server::start_with_clock(config, Arc::new(ScaledClock::new(NOW * 1000, 1)))
+            qingnuan_server::start_with_clock(config, Arc::new(ScaledClock::new(now() * 1000, 1)))
                 .await
                 .unwrap_or_else(|e| panic!("{e}")),
         );
@@ -374,9 +381,10 @@ fn main() {
         println!(
             "ingest bench: {n} messages x {PER_MESSAGE} readings = {readings} readings, {gateways} gateways, \
              {} meters, {publishers} publishers, broker max_inflight_messages {inflight}, \
-             server batch_messages {batch}, {replicas} server(s) on {}",
+             server batch_messages {batch}, {replicas} server(s) on {}, season night {}",
             gateways * PER_MESSAGE,
-            if pg.is_some() { "PostgreSQL" } else { "SQLite" }
+            if pg.is_some() { "PostgreSQL" } else { "SQLite" },
+            env("BENCH_NIGHT", 0)
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let full = std::env::var_os("BENCH_ONLY_SERVER").is_none();

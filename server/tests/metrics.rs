@@ -128,6 +128,9 @@ async fn metrics_follow_ingest_quarantine_and_the_sink_through_an_outage() {
     let m = metrics(port).await;
     assert_eq!(m["qingnuan_ingest_readings_total{outcome=\"accepted\"}"], 3);
     assert_eq!(m["qingnuan_ingest_readings_total{outcome=\"conflict\"}"], 0);
+    // The household's season was computed (a first compute is whole).
+    assert!(m["qingnuan_recompute_pairs_total{mode=\"whole\"}"] >= 1);
+    assert!(m.contains_key("qingnuan_recompute_pairs_total{mode=\"resumed\"}"));
     let mut quarantined = 0;
     for (reason, n) in &quarantine {
         assert_eq!(

@@ -503,3 +503,46 @@ async fn concurrent_replicas_end_with_the_sqlite_figures() {
     assert!(reference.contains("offpeak_wh: "), "{reference}");
     assert_eq!(got, reference);
 }
+
+/// Replicas asking for work at once get disjoint rounds: a replica claims the marks it
+/// takes (PostgreSQL `FOR UPDATE SKIP LOCKED`), without moving their generation; a new
+/// mark frees a claimed pair for anyone at once.
+#[tokio::test]
+async fn replicas_claim_disjoint_rounds_of_dirty_marks() {
+    let (_g, pg_url) = pg_support::url(pg_support::Kind::Postgres);
+    let a = Store::open(&pg_url).await.unwrap();
+    let b = Store::open(&pg_url).await.unwrap();
+    let pairs: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("hh-{i}"), "2025-2026".to_string()))
+        .collect();
+    a.mark_dirty(&pairs).await.unwrap();
+    let gens_before = a.dirty(10).await.unwrap();
+    let took_a = a.dirty_marks(3).await.unwrap();
+    let took_b = b.dirty_marks(10).await.unwrap();
+    let names = |m: &[qingnuan_server::store::DirtyMark]| {
+        m.iter().map(|m| m.household.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&took_a), ["hh-0", "hh-1", "hh-2"]);
+    assert_eq!(names(&took_b), ["hh-3", "hh-4"], "the rest, not A's");
+    assert!(
+        a.dirty_marks(10).await.unwrap().is_empty(),
+        "everything is claimed"
+    );
+    // Claiming is not marking: the generations are the ones read before.
+    let mut claimed: Vec<_> = took_a
+        .iter()
+        .chain(&took_b)
+        .map(|m| (m.household.clone(), m.season.clone(), m.gen))
+        .collect();
+    claimed.sort();
+    assert_eq!(claimed, gens_before);
+    // A new reading for hh-1 (A's) frees it, under a new generation, for whoever asks.
+    b.mark_dirty_since(&[("hh-1".into(), "2025-2026".into(), NOW)])
+        .await
+        .unwrap();
+    let again = b.dirty_marks(10).await.unwrap();
+    assert_eq!(names(&again), ["hh-1"]);
+    assert!(again[0].gen > took_a[1].gen);
+    // Nothing is lost: every mark is still there until a save clears it.
+    assert_eq!(a.dirty(10).await.unwrap().len(), 5);
+}

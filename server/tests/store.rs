@@ -215,7 +215,59 @@ async fn marks_of_unknown_households_and_bad_seasons_are_dropped(kind: pg_suppor
         .is_none());
 }
 
+/// Readings are queued for the sink exactly while it is enabled, across a reopen of the
+/// store too (SQLite keeps the queueing trigger only while enabled).
+async fn readings_are_queued_for_the_sink_only_while_it_is_enabled(kind: pg_support::Kind) {
+    let (guard, url) = pg_support::url(kind);
+    let store = Store::open(&url).await.unwrap();
+    let commit = |ts: i64| IngestTx {
+        readings: vec![r(ts, 1000 + ts - NOV1_20)],
+        received: NOW,
+        ..Default::default()
+    };
+    store.commit_ingest(&commit(NOV1_20), mark).await.unwrap();
+    assert_eq!(store.sink_backlog().await.unwrap().readings, 0);
+    store.sink_enable(1_000).await.unwrap();
+    let backfilled = store.sink_backlog().await.unwrap().readings;
+    assert_eq!(backfilled, 1, "history queued on enable");
+    store
+        .commit_ingest(&commit(NOV1_20 + 60), mark)
+        .await
+        .unwrap();
+    assert_eq!(store.sink_backlog().await.unwrap().readings, 2);
+    store.close().await;
+    let store = Store::open(&url).await.unwrap();
+    store
+        .commit_ingest(&commit(NOV1_20 + 120), mark)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sink_backlog().await.unwrap().readings,
+        3,
+        "still queued after a reopen"
+    );
+    store.sink_disable().await.unwrap();
+    store
+        .commit_ingest(&commit(NOV1_20 + 180), mark)
+        .await
+        .unwrap();
+    assert_eq!(store.sink_backlog().await.unwrap().readings, 0);
+    store.close().await;
+    let store = Store::open(&url).await.unwrap();
+    store
+        .commit_ingest(&commit(NOV1_20 + 240), mark)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sink_backlog().await.unwrap().readings,
+        0,
+        "not queued after a reopen"
+    );
+    drop(guard);
+}
+
 on_both_backends!(
+    readings_are_queued_for_the_sink_only_while_it_is_enabled,
     repeats_are_ignored_and_conflicts_keep_the_first_value,
     quarantine_rows_count_once_per_message_item,
     a_mark_made_during_a_recompute_survives_it,

@@ -1,17 +1,21 @@
 //! Resuming a season from saved state: which nights new readings can change, and from
-//! which judging states to recompute only those, so a night close costs one night, not 152.
+//! which judging states to recompute only those, so a night close costs a few nights, not 152.
 //!
 //! Why it is exact. Readings arrive with instants `>= since`. Judging is a fold in time
-//! order whose state after instant `t` (the latest accepted reading and the valley
-//! baseline, a [`Seed`]) depends only on readings `<= t`; so for any `t < since` the saved
-//! state at `t` is still the state, and judging resumed from it gives every later verdict
-//! the full run gives. A boundary `b` is decided by the accepted readings around it; if
-//! an accepted reading `C` with `b <= C.ts < since` exists, neither `r1(b)` nor `r2(b)` can
-//! change. Nights whose every boundary is at or before `C.ts` (for every meter span)
-//! therefore keep their figures, and so does the list of readings set aside near them
-//! when they end more than `max_gap_s` before `since`. Everything else is recomputed,
-//! resumed from a state early enough (`max_gap_s` before the first recomputed night)
-//! that the readings set aside around it are judged again too.
+//! order; its state just before the latest accepted reading `C` at or before an instant
+//! `t` (the accepted reading before `C` and the valley baseline: a [`Seed`]) depends only
+//! on readings `<= t`, so for `t < since` the saved state is still the state, and judging
+//! resumed from it gives `C`'s own verdicts (a wrap, a valley rejection) and every later
+//! one exactly as the full run. A boundary `b` is decided by the accepted readings around
+//! it; if an accepted `C` with `b <= C.ts < since` exists, neither `r1(b)` nor `r2(b)` can
+//! change. So nights whose every boundary is at or before `C.ts` (for every meter span)
+//! keep their figures, and so does the list of readings set aside near them when they end
+//! more than `max_gap_s` before `since`. One exception looks ahead: a span's first
+//! readings are judged against the two after them (`first_baseline` in judge.rs), so a
+//! span installed after the saved state recomputes every night within `max_gap_s` of its
+//! installation. Everything else is recomputed, resumed from a state early enough
+//! (`max_gap_s` before the first recomputed night) that the readings set aside around it
+//! are judged again too.
 //!
 //! Pure: no I/O. [`SeasonState`] is saved with each (household, season) figures and
 //! read back as bytes; anything unreadable, or saved for other registry rows or another

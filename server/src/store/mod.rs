@@ -152,6 +152,16 @@ impl Store {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        // The readings export trigger exists exactly while the sink is enabled.
+        let enabled: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM sink_state WHERE key = 'enabled'")
+                .fetch_optional(&pool)
+                .await?;
+        if enabled == Some(1) {
+            sqlx::query(sink::SQLITE_READINGS_TRIGGER)
+                .execute(&pool)
+                .await?;
+        }
         Ok(Self {
             pool,
             backend: Backend::Sqlite,

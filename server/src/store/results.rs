@@ -62,6 +62,10 @@ pub struct StatementRow {
     pub flags: Vec<String>,
 }
 
+/// How long a replica's claim on a round of dirty marks holds, seconds (PostgreSQL): far
+/// longer than a round takes; a dead replica's marks wait this long for another.
+pub const CLAIM_S: i64 = 60;
+
 /// A (household, season) pair to recompute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirtyMark {
@@ -102,7 +106,9 @@ pub(super) async fn mark_dirty_many(
                 .push_bind(1_i64)
                 .push_bind(**since);
         });
-        qb.push(" ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, ");
+        qb.push(
+            " ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, claimed_until = NULL, ",
+        );
         qb.push(SINCE_MERGE);
         qb.build().execute(&mut **tx).await?;
     }
@@ -117,7 +123,7 @@ pub(super) async fn mark_dirty(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO dirty (household, season, gen, since) VALUES ($1, $2, 1, NULL)
-         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, since = NULL",
+         ON CONFLICT (household, season) DO UPDATE SET gen = dirty.gen + 1, since = NULL, claimed_until = NULL",
     )
     .bind(household)
     .bind(season)
@@ -164,14 +170,41 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` marks to recompute, with their generation and `since`.
+    /// Up to `limit` marks to recompute, with their generation and `since`. On PostgreSQL
+    /// they are claimed for [`CLAIM_S`] seconds: replicas asking at once get disjoint
+    /// rounds, and marks claimed by another replica are left to it.
     pub async fn dirty_marks(&self, limit: i64) -> Result<Vec<DirtyMark>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT household, season, gen, since FROM dirty ORDER BY household, season LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = match self.backend {
+            super::Backend::Sqlite => {
+                sqlx::query(
+                    "SELECT household, season, gen, since FROM dirty ORDER BY household, season LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            super::Backend::Postgres => {
+                let mut rows = sqlx::query(&format!(
+                    r#"WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT) AS t),
+                        round AS (
+                          SELECT household, season FROM dirty, now
+                          WHERE claimed_until IS NULL OR claimed_until < now.t
+                          ORDER BY household COLLATE "C", season COLLATE "C"
+                          LIMIT $1 FOR UPDATE OF dirty SKIP LOCKED)
+                       UPDATE dirty SET claimed_until = (SELECT t FROM now) + {CLAIM_S}
+                       FROM round WHERE dirty.household = round.household AND dirty.season = round.season
+                       RETURNING dirty.household, dirty.season, dirty.gen, dirty.since"#
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.sort_by(|a, b| {
+                    (a.get::<&str, _>(0), a.get::<&str, _>(1))
+                        .cmp(&(b.get::<&str, _>(0), b.get::<&str, _>(1)))
+                });
+                rows
+            }
+        };
         Ok(rows
             .into_iter()
             .map(|r| DirtyMark {
