@@ -24,7 +24,7 @@ use crate::engine::{
 };
 use crate::store::{
     DirtyMark, HouseholdRow, MeterRow, NightRow, SavedPair, StatementRow, Store, StoreError,
-    StoredReading,
+    StoredReading, CLAIM_S,
 };
 
 /// Pairs taken from `dirty` per round.
@@ -259,12 +259,21 @@ pub async fn recompute_pair(
     }
 }
 
-/// Recomputes every dirty pair now (the CLI's export and tests use it).
+/// Recomputes every dirty pair now (the CLI's export and tests use it). On PostgreSQL,
+/// marks another replica has claimed are waited for (up to the claim's lapse, when they
+/// become this caller's to take), so that what follows reads settled figures.
 pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize, StoreError> {
     let mut done = 0;
+    let lapse = u64::try_from(CLAIM_S).unwrap_or(60) + 10;
+    let patience = std::time::Instant::now() + Duration::from_secs(lapse);
     loop {
         match round(store, engine, now).await? {
-            0 => return Ok(done),
+            0 => {
+                if store.dirty_count().await? == 0 || std::time::Instant::now() > patience {
+                    return Ok(done);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             n => done += n,
         }
     }

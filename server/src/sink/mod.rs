@@ -159,8 +159,10 @@ impl Sink {
             let n = points.len() as u64;
             match self.write(points).await {
                 Ok(()) => {
-                    self.store.sink_ack_readings(upto, false).await?;
+                    // Counted once written, before the queue moves: whoever sees the queue
+                    // empty sees the count too.
                     s.readings_written.fetch_add(n, Relaxed);
+                    self.store.sink_ack_readings(upto, false).await?;
                 }
                 Err(WriteError::Refused { status, text }) => {
                     let d = self.store.sink_ack_readings(upto, true).await?;
@@ -194,13 +196,13 @@ impl Sink {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if !dropped {
+                s.nights_written.fetch_add(n, Relaxed); // before the acks, as above
+            }
             for (hh, season, gen, nights) in &changed {
                 self.store
                     .sink_ack_nights(hh, season, *gen, nights, dropped)
                     .await?;
-            }
-            if !dropped {
-                s.nights_written.fetch_add(n, Relaxed);
             }
             more = true;
         }

@@ -39,7 +39,7 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 pub use bulk::{RoundInputs, SaveSummary, SavedPair};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
 pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
-pub use results::{DirtyMark, NightRow, StatementRow, StoredReading};
+pub use results::{DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
 pub use sink::{SinkBacklog, SinkNight, SinkReading};
 
 /// A store failure (I/O, SQL, migration); callers log it and answer 500.
