@@ -347,6 +347,15 @@ async fn switch(
     backend: super::Backend,
     on: bool,
 ) -> Result<bool, StoreError> {
+    let changed =
+        sqlx::query("UPDATE sink_state SET value = $1 WHERE key = 'enabled' AND value <> $2")
+            .bind(i64::from(on))
+            .bind(i64::from(on))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    // After the write above (which takes the write lock): a read first could fail with
+    // SQLITE_BUSY_SNAPSHOT when another connection wrote meanwhile.
     if backend == super::Backend::Sqlite {
         sqlx::query(if on {
             SQLITE_READINGS_TRIGGER
@@ -356,13 +365,6 @@ async fn switch(
         .execute(&mut **tx)
         .await?;
     }
-    let changed =
-        sqlx::query("UPDATE sink_state SET value = $1 WHERE key = 'enabled' AND value <> $2")
-            .bind(i64::from(on))
-            .bind(i64::from(on))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
     if changed > 0 {
         sqlx::query("DELETE FROM sink_readings")
             .execute(&mut **tx)
