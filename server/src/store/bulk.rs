@@ -16,17 +16,13 @@ const IDS: usize = 500;
 /// Night rows per multi-row upsert (7 binds each).
 const NIGHT_ROWS: usize = 400;
 
-/// What the engine needs for a set of households, keyed by household or meter id.
+/// The registry rows of a set of households, keyed by household id.
 #[derive(Debug, Default)]
-pub struct RoundInputs {
+pub struct RoundRegistry {
     /// Household id → its registry row.
     pub households: HashMap<String, HouseholdRow>,
     /// Household id → its meters, oldest installation first.
     pub meters: HashMap<String, Vec<MeterRow>>,
-    /// Meter id → its readings with `ts < until`, in time order.
-    pub readings: HashMap<String, Vec<StoredReading>>,
-    /// Meter id → instants at which a conflicting value arrived, in order.
-    pub conflicts: HashMap<String, Vec<i64>>,
 }
 
 /// The figures of one (household, season) pair, as a round saves them.
@@ -60,28 +56,9 @@ pub struct SaveSummary {
 }
 
 impl Store {
-    /// Reads the registry rows, readings (`ts < until`) and conflicts of `households`.
-    pub async fn round_inputs(
-        &self,
-        households: &[String],
-        until: i64,
-    ) -> Result<RoundInputs, StoreError> {
-        let mut out = self.round_registry(households).await?;
-        let meters: Vec<(String, Option<i64>)> = out
-            .meters
-            .values()
-            .flatten()
-            .map(|m| (m.meter.clone(), None))
-            .collect();
-        let (readings, conflicts) = self.round_readings(&meters, until).await?;
-        out.readings = readings;
-        out.conflicts = conflicts;
-        Ok(out)
-    }
-
-    /// The registry rows of `households` (readings and conflicts left empty).
-    pub async fn round_registry(&self, households: &[String]) -> Result<RoundInputs, StoreError> {
-        let mut out = RoundInputs::default();
+    /// The registry rows of `households`.
+    pub async fn round_registry(&self, households: &[String]) -> Result<RoundRegistry, StoreError> {
+        let mut out = RoundRegistry::default();
         let mut conn = self.pool.acquire().await?;
         for ids in households.chunks(IDS) {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
@@ -565,7 +542,7 @@ pub(super) async fn save_statements(
 }
 
 /// Parses `ts,e_wh,e_valley_wh;…` (an empty valley field: none) as packed by
-/// [`Store::round_inputs`].
+/// [`Store::round_readings`].
 fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
     let corrupt = || StoreError::Corrupt("readings");
     let mut out = Vec::with_capacity(packed.len() / 24 + 1);

@@ -36,7 +36,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
-pub use bulk::{RoundInputs, SaveSummary, SavedPair};
+pub use bulk::{RoundRegistry, SaveSummary, SavedPair};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
 pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
 pub use results::{DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
