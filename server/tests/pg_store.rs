@@ -6,11 +6,11 @@
 
 mod pg_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use qingnuan_server::engine::Engine;
-use qingnuan_server::monitor::{AlarmKind, Changes, Finding, GatewayState, MeterState, Subject};
+use qingnuan_server::monitor::{AlarmKind, Changes, Finding, Monitor, MonitorConfig, Subject};
 use qingnuan_server::store::feed::NewBatch;
 use qingnuan_server::store::monitor::{AlarmFilter, AlarmRow};
 use qingnuan_server::store::{IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate, Store};
@@ -201,19 +201,19 @@ async fn exercise(store: &Store) -> String {
         store.commit_ingest(&tx3, mark).await.unwrap()
     );
     let _ = writeln!(out, "backlog {:?}", store.sink_backlog().await.unwrap());
-    let (rows, upto) = store.sink_readings(120).await.unwrap();
+    let (rows, head) = store.sink_readings(120).await.unwrap();
     let _ = writeln!(
         out,
         "sink_readings {} {:?} last {:?}",
         rows.len(),
-        upto,
+        head.as_ref().map(|h| (h.seqs.len(), h.seqs.last())),
         rows.last()
     );
-    if let Some(upto) = upto {
+    if let Some(head) = head {
         let _ = writeln!(
             out,
             "ack {}",
-            store.sink_ack_readings(upto, false).await.unwrap()
+            store.sink_ack_readings(&head, false).await.unwrap()
         );
     }
     let _ = writeln!(
@@ -279,14 +279,32 @@ async fn exercise(store: &Store) -> String {
     );
 
     // Monitoring and alarms.
-    let mut gws = BTreeMap::new();
-    gws.insert("gw-1".to_string(), GatewayState::default());
-    let mut meters = BTreeMap::new();
-    meters.insert(
-        "m1".to_string(),
-        ("gw-1".to_string(), MeterState::default()),
+    let monitor = Monitor::new(
+        store.clone(),
+        Policy::beijing_2018(),
+        MonitorConfig::default(),
     );
-    store.save_monitor_states(&gws, &meters, NOW).await.unwrap();
+    let seen = IngestTx {
+        readings: vec![NewReading {
+            meter: "m1".into(),
+            ts: NOW - 60,
+            e_wh: 1_000,
+            e_valley_wh: None,
+            p_w: Some(2_000),
+            meter_ts: Some(NOW - 58),
+            gateway: "gw-1".into(),
+        }],
+        failures: vec![ReadFailure {
+            meter: "m2".into(),
+            ts: NOW - 30,
+            err: "timeout".into(),
+            gateway: "gw-1".into(),
+        }],
+        received: NOW,
+        ..Default::default()
+    };
+    monitor.on_ingest(&seen, &[]).await.unwrap();
+    monitor.on_ingest(&seen, &[]).await.unwrap();
     let _ = writeln!(
         out,
         "monitor {:?}",
@@ -545,4 +563,190 @@ async fn replicas_claim_disjoint_rounds_of_dirty_marks() {
     assert!(again[0].gen > took_a[1].gen);
     // Nothing is lost: every mark is still there until a save clears it.
     assert_eq!(a.dirty(10).await.unwrap().len(), 5);
+}
+
+/// Three store handles on one database (as three replicas have) fold batches of the same
+/// gateway into its monitoring state at once, each inside its ingest commit: no batch is
+/// lost to another's write (the rows are locked while they change), on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_fold_monitor_state_without_losing_a_batch() {
+    const TASKS: i64 = 3;
+    const BATCHES: i64 = 40;
+    for kind in [pg_support::Kind::Sqlite, pg_support::Kind::Postgres] {
+        let (_g, url) = pg_support::url(kind);
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let store = Store::open(&url).await.unwrap();
+            handles.push(tokio::spawn(async move {
+                let monitor = Monitor::new(
+                    store.clone(),
+                    Policy::beijing_2018(),
+                    MonitorConfig::default(),
+                );
+                for b in 0..BATCHES {
+                    let ts = NOV1_20 + (b * TASKS + t) * 60;
+                    let tx = IngestTx {
+                        readings: vec![NewReading {
+                            meter: "m-shared".into(),
+                            ts,
+                            e_wh: 1_000 + ts - NOV1_20,
+                            e_valley_wh: None,
+                            p_w: Some(1_500),
+                            meter_ts: None,
+                            gateway: "gw-1".into(),
+                        }],
+                        failures: vec![ReadFailure {
+                            meter: format!("m-own-{t}"),
+                            ts,
+                            err: "timeout".into(),
+                            gateway: "gw-1".into(),
+                        }],
+                        received: ts + 5,
+                        ..Default::default()
+                    };
+                    let seen = [qingnuan_server::monitor::BatchSeen {
+                        gateway: "gw-1".into(),
+                        sent: Some(ts + 5),
+                    }];
+                    let fold = monitor.fold(&tx, &seen);
+                    store
+                        .commit_ingest_with(&tx, |_, _| {}, Some(&fold))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let store = Store::open(&url).await.unwrap();
+        let gws = store.monitor_gateways(None).await.unwrap();
+        assert_eq!(gws["gw-1"].batches, (TASKS * BATCHES) as u64, "{kind:?}");
+        let meters = store.monitor_meters(None).await.unwrap();
+        let last = NOV1_20 + (TASKS * BATCHES - 1) * 60;
+        assert_eq!(meters["m-shared"].1.last_good, Some(last), "{kind:?}");
+        assert_eq!(
+            meters["m-shared"].1.last_e_wh,
+            Some(1_000 + last - NOV1_20),
+            "{kind:?}"
+        );
+        for t in 0..TASKS {
+            let own = &meters[&format!("m-own-{t}")].1;
+            assert_eq!(own.errors["timeout"], BATCHES as u64, "{kind:?} task {t}");
+            assert_eq!(
+                own.consecutive_failures,
+                u32::try_from(BATCHES).unwrap(),
+                "{kind:?} task {t}"
+            );
+        }
+        assert_eq!(store.reading_counts().await.unwrap().0, TASKS * BATCHES);
+    }
+}
+
+/// On PostgreSQL a queue position below the highest one the sink read can commit after
+/// the read (sequence values commit out of order): the sink acknowledges exactly the
+/// positions it read, so that reading is exported on the next pass, not lost.
+#[tokio::test]
+async fn the_sink_acknowledges_exactly_the_readings_it_read() {
+    use sqlx::Connection;
+    let (_g, pg_url) = pg_support::url(pg_support::Kind::Postgres);
+    let store = Store::open(&pg_url).await.unwrap();
+    assert!(store.sink_enable(0).await.unwrap());
+    let mut conn = sqlx::PgConnection::connect(&pg_url).await.unwrap();
+    let mut late = conn.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received)
+         VALUES ('m-late', $1, 100, NULL, NULL, NULL, 'gw-0', $1)",
+    )
+    .bind(NOV1_20)
+    .execute(&mut *late)
+    .await
+    .unwrap();
+    // Drawn after the open transaction's position, committed before it.
+    let tx = IngestTx {
+        readings: vec![NewReading {
+            meter: "m-early".into(),
+            ts: NOV1_20,
+            e_wh: 200,
+            e_valley_wh: None,
+            p_w: None,
+            meter_ts: None,
+            gateway: "gw-0".into(),
+        }],
+        received: NOV1_20,
+        ..Default::default()
+    };
+    store.commit_ingest(&tx, |_, _| {}).await.unwrap();
+    let (rows, head) = store.sink_readings(100).await.unwrap();
+    let meters = |rows: &[qingnuan_server::store::SinkReading]| {
+        rows.iter().map(|r| r.meter.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(meters(&rows), ["m-early"]);
+    late.commit().await.unwrap();
+    let head = head.unwrap();
+    assert_eq!(store.sink_ack_readings(&head, false).await.unwrap(), 1);
+    let (rows, head) = store.sink_readings(100).await.unwrap();
+    assert_eq!(meters(&rows), ["m-late"], "still queued after the ack");
+    assert_eq!(
+        store
+            .sink_ack_readings(&head.unwrap(), false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.sink_readings(100).await.unwrap().1, None);
+}
+
+/// One replica at a time holds a singleton task's lease; another takes it when the holder
+/// gives it up or loses its connection (the database releases the lock with it). SQLite,
+/// one process per file, always holds it.
+#[tokio::test]
+async fn a_lease_has_one_holder_and_passes_on_when_it_goes() {
+    use qingnuan_server::store::LeaseKind;
+    use sqlx::Connection;
+    let (_d, sqlite_url) = pg_support::url(pg_support::Kind::Sqlite);
+    let lone = Store::open(&sqlite_url).await.unwrap();
+    assert!(lone.lease(LeaseKind::Sink).held().await.unwrap());
+
+    let (_g, pg_url) = pg_support::url(pg_support::Kind::Postgres);
+    let a = Store::open(&pg_url).await.unwrap();
+    let b = Store::open(&pg_url).await.unwrap();
+    let (mut a_sink, mut b_sink) = (a.lease(LeaseKind::Sink), b.lease(LeaseKind::Sink));
+    assert!(a_sink.held().await.unwrap());
+    assert!(!b_sink.held().await.unwrap(), "A holds it");
+    assert!(a_sink.held().await.unwrap(), "still A's");
+    assert!(
+        b.lease(LeaseKind::Feed).held().await.unwrap(),
+        "another task's lease is free"
+    );
+    a_sink.release().await;
+    assert!(
+        b_sink.held().await.unwrap(),
+        "B takes it when A gives it up"
+    );
+    assert!(!a_sink.held().await.unwrap());
+
+    // B's lease connection is killed (a replica's network or process gone).
+    let mut admin = sqlx::PgConnection::connect(&pg_url).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        killed,
+        [true],
+        "B's sink lease (the feed lease went with its dropped handle)"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a_sink.held().await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "A never took over");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        b_sink.held().await.is_err(),
+        "B learns it lost the connection"
+    );
+    assert!(!b_sink.held().await.unwrap(), "and that A holds it now");
 }

@@ -4,6 +4,7 @@
 //! dropped oldest first and counted; and the running server wires it from `[influxdb]`.
 
 mod common;
+mod pg_support;
 mod vm_support;
 
 use std::collections::BTreeMap;
@@ -458,4 +459,68 @@ async fn the_history_is_exported_when_the_sink_is_first_configured() {
     let wh = points(&vm, schema::NIGHT, "wh").await;
     assert_eq!(wh.values().cloned().collect::<Vec<_>>(), [vec![7_777]]);
     rig.stop().await;
+}
+
+/// Two replicas on one PostgreSQL database, both with `[influxdb]`: one exports (it holds
+/// the sink's lease), the other waits; when the first stops, the second takes over and
+/// exports what arrived since. Every reading is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_one_replica_exports_and_another_takes_over() {
+    let vm = Vm::start();
+    let (_g, pg_url) = pg_support::url(pg_support::Kind::Postgres);
+    let store_a = Store::open(&pg_url).await.unwrap();
+    registry::import(
+        &store_a,
+        REGISTRY.as_bytes(),
+        &Policy::beijing_2018(),
+        "test",
+        NOW,
+    )
+    .await
+    .unwrap();
+    let extra = "batch_readings = 40\nstatus_interval_s = 0\n";
+    let a = Rig::on(tempfile::tempdir().unwrap(), store_a, &vm.url(), extra).await;
+    let sa = a.stats.clone();
+    wait_until(Duration::from_secs(10), "replica A holds the lease", || {
+        let s = sa.clone();
+        async move { s.active.load(Relaxed) }
+    })
+    .await;
+    let store_b = Store::open(&pg_url).await.unwrap();
+    let b = Rig::on(tempfile::tempdir().unwrap(), store_b, &vm.url(), extra).await;
+    a.commit((0..100).map(|i| reading(1, i)).collect()).await;
+    b.commit((0..100).map(|i| reading(2, i)).collect()).await;
+    wait_count(&vm, schema::READING, "e_wh", 200).await;
+    assert_eq!(a.stats.readings_written.load(Relaxed), 200);
+    assert_eq!(b.stats.readings_written.load(Relaxed), 0, "B only waits");
+    assert!(!b.stats.active.load(Relaxed));
+
+    a.stop().await;
+    let sb = b.stats.clone();
+    wait_until(Duration::from_secs(10), "replica B takes over", || {
+        let s = sb.clone();
+        async move { s.active.load(Relaxed) }
+    })
+    .await;
+    b.commit((100..150).map(|i| reading(1, i)).collect()).await;
+    wait_count(&vm, schema::READING, "e_wh", 250).await;
+    let store = b.store.clone();
+    wait_until(Duration::from_secs(10), "an empty queue", || {
+        let s = store.clone();
+        async move { s.sink_backlog().await.unwrap().readings == 0 }
+    })
+    .await;
+    assert_eq!(b.stats.readings_written.load(Relaxed), 50);
+    let e_wh = points(&vm, schema::READING, "e_wh").await;
+    for (k, n) in [(1, 150), (2, 100)] {
+        for i in 0..n {
+            let r = reading(k, i);
+            assert_eq!(
+                e_wh.get(&(reading_tags(k), r.ts)).map(|v| v.len()),
+                Some(1),
+                "m{k} minute {i}: written once"
+            );
+        }
+    }
+    b.stop().await;
 }

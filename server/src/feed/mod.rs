@@ -34,7 +34,7 @@ pub mod payload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ use crate::monitor::progress::plan_2018;
 use crate::monitor::Monitor;
 use crate::store::feed::FeedNight;
 use crate::store::monitor::AlarmFilter;
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseKind, Store, StoreError};
 
 impl FeedConfig {
     /// `[feed]` parsed and its key file read, or `None` without `[feed]`.
@@ -78,6 +78,9 @@ pub struct FeedStats {
     pub pending: AtomicU64,
     /// Age of the oldest pending batch, seconds (0 when none), after the last pass.
     pub oldest_pending_age_s: AtomicI64,
+    /// Whether this replica holds the feed's lease and runs it (on PostgreSQL one replica
+    /// at a time does).
+    pub active: AtomicBool,
 }
 
 impl FeedStats {
@@ -120,6 +123,12 @@ impl FeedStats {
             "gauge",
             "Age of the oldest undelivered city feed batch.",
             self.oldest_pending_age_s.load(Ordering::Relaxed),
+        );
+        line(
+            "qingnuan_feed_active",
+            "gauge",
+            "1 while this replica holds the city feed's lease and runs it (one replica at a time on PostgreSQL).",
+            i64::from(self.active.load(Ordering::Relaxed)),
         );
         out
     }
@@ -404,11 +413,29 @@ pub fn last_due_night(cal: &Calendar, push_hour: u8, now: i64) -> Option<Night> 
 }
 
 /// Runs [`Feed::tick`] every `poll_s` (clock time) until `stopped` turns true.
+/// With several replicas on one PostgreSQL database only the one holding the feed's lease
+/// ([`LeaseKind::Feed`]) passes; the others wait and take over when it dies.
 pub async fn run(feed: Feed, clock: SharedClock, mut stopped: watch::Receiver<bool>) {
     info!(url = %feed.config.url, "city feed running");
+    let mut lease = feed.store.lease(LeaseKind::Feed);
     loop {
         if *stopped.borrow() {
             break;
+        }
+        let held = match lease.held().await {
+            Ok(held) => held,
+            Err(e) => {
+                warn!(error = %e, "city feed: lease");
+                false
+            }
+        };
+        feed.stats.active.store(held, Ordering::Relaxed);
+        if !held {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped.wait_for(|s| *s) => break,
+            }
+            continue;
         }
         // A pass may be long (a backlog after an outage, 30 s timeouts): stopping cuts it
         // short. That is safe: an uncommitted enqueue rolls back, and a batch sent but not
@@ -430,6 +457,8 @@ pub async fn run(feed: Feed, clock: SharedClock, mut stopped: watch::Receiver<bo
             _ = stopped.wait_for(|s| *s) => break,
         }
     }
+    feed.stats.active.store(false, Ordering::Relaxed);
+    lease.release().await;
 }
 
 #[cfg(test)]

@@ -256,6 +256,12 @@ fn sink(e: &mut Exposition, s: &SinkStats) {
         );
     }
     e.single(
+        "qingnuan_sink_active",
+        "gauge",
+        "1 while this replica holds the sink's lease and exports (one replica at a time on PostgreSQL).",
+        i64::from(s.active.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    e.single(
         "qingnuan_sink_writes_total",
         "counter",
         "Successful writes to InfluxDB.",

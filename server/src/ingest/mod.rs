@@ -378,11 +378,17 @@ impl Commit {
     /// stops (then the batch stays unacknowledged and the broker redelivers it).
     async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), IngestError> {
         let (bindings, cal, now) = (&self.bindings, self.ingest.calendar, self.tx.received);
+        // Monitoring state changes in the same transaction as the readings it follows.
+        let fold = self.ingest.monitor.fold(&self.tx, &self.seen);
         let sum = loop {
             match self
                 .ingest
                 .store
-                .commit_ingest(&self.tx, |r, out| bindings.dirty_of(r, &cal, now, out))
+                .commit_ingest_with(
+                    &self.tx,
+                    |r, out| bindings.dirty_of(r, &cal, now, out),
+                    Some(&fold),
+                )
                 .await
             {
                 Ok(sum) => break sum,
@@ -395,11 +401,6 @@ impl Commit {
                 }
             }
         };
-        // The monitor follows the committed data; a failure there is logged, never
-        // retried through the batch (the readings are safe in the store).
-        if let Err(e) = self.ingest.monitor.on_ingest(&self.tx, &self.seen).await {
-            warn!(error = %e, "monitor update failed");
-        }
         let s = &self.ingest.stats;
         s.messages.fetch_add(self.messages, Ordering::Relaxed);
         s.new_readings

@@ -28,4 +28,4 @@ pub use alarm::{reconcile, AlarmKind, Changes, Decision, Finding, Subject};
 pub use config::MonitorConfig;
 pub use gateway::GatewayState;
 pub use meter::{MeterEvent, MeterState};
-pub use service::{current_season, run, BatchSeen, Monitor, Snapshot};
+pub use service::{current_season, run, BatchSeen, Monitor, MonitorFold, Snapshot};

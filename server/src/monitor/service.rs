@@ -1,19 +1,15 @@
-//! [`Monitor`]: the I/O edge of monitoring. Ingest calls [`Monitor::on_ingest`] after
-//! every committed batch (state folding), a background task calls [`Monitor::tick`]
+//! [`Monitor`]: the I/O edge of monitoring. Ingest folds every batch into gateway and
+//! meter state ([`MonitorFold`]), a background task calls [`Monitor::tick`]
 //! (every rule over every subject, then the alarm lifecycle), and the HTTP API reads a
 //! [`Snapshot`]. All SQL is in `store::monitor`.
 //!
-//! Wiring (one line each):
-//! - ingest worker (`Worker::commit`), after `commit_ingest` succeeded:
-//!   `let seen: Vec<_> = batch.iter().filter_map(|p| BatchSeen::from_message(&p.topic, &p.payload)).collect();`
-//!   then `monitor.on_ingest(&tx, &seen).await` (log a failure, do not retry the batch:
-//!   the figures that pay are committed; monitoring state is best effort). `&[]` instead
-//!   of `seen` counts one batch per gateway and loses the gateway clock check.
-//! - `start_with_clock`: `tasks.push(tokio::spawn(monitor::run(monitor, clock, stopped)))`.
-//! - recompute needs no hook: `tick` reads the stored nights and statements.
-//!
-//! Boundary: the folded state is last-writer-wins per row, so with several server
-//! replicas the hooks must run on one of them (the figures that pay do not depend on it).
+//! Wiring:
+//! - ingest (`Commit::run`) builds a [`MonitorFold`] of each validated batch
+//!   ([`Monitor::fold`], pure) and the store folds it inside the batch's own commit
+//!   (`Store::commit_ingest_with`): the rows are locked while they change, so concurrent
+//!   batches and server replicas never overwrite each other's state.
+//! - `start_with_clock` spawns [`run`] (the tick). Recompute needs no hook: `tick` reads
+//!   the stored nights and statements.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -59,6 +55,94 @@ impl BatchSeen {
             gateway: gw.as_str().to_string(),
             sent: head.sent,
         })
+    }
+}
+
+/// What one ingest batch changes in monitoring state, built without I/O by
+/// [`Monitor::fold`]. The store loads the rows it names under a lock, calls
+/// [`MonitorFold::apply`] and writes them back in the same transaction, so concurrent
+/// batches (other ingest tasks, other replicas) never overwrite each other's state.
+#[derive(Debug)]
+pub struct MonitorFold<'a> {
+    /// Server time of the batch, UTC Unix seconds.
+    received: i64,
+    calendar: &'a Calendar,
+    /// Readable status messages, in arrival order.
+    statuses: Vec<(&'a str, Status)>,
+    /// Readings messages.
+    batches: Vec<BatchSeen>,
+    /// Readings quarantined as `spoofed`: (gateway, meter named).
+    spoofed: Vec<(&'a str, Option<&'a str>)>,
+    /// Per meter: its gateway and its reads, in time order.
+    events: BTreeMap<&'a str, (&'a str, Vec<MeterEvent<'a>>)>,
+}
+
+impl MonitorFold<'_> {
+    /// Server time of the batch, UTC Unix seconds.
+    pub fn received(&self) -> i64 {
+        self.received
+    }
+
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.statuses.is_empty()
+            && self.batches.is_empty()
+            && self.spoofed.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// The gateways whose state changes, in byte order (the order rows are locked in).
+    pub fn gateway_ids(&self) -> Vec<&str> {
+        let ids: BTreeSet<&str> = self
+            .statuses
+            .iter()
+            .map(|(g, _)| *g)
+            .chain(self.batches.iter().map(|b| b.gateway.as_str()))
+            .chain(self.spoofed.iter().map(|(g, _)| *g))
+            .collect();
+        ids.into_iter().collect()
+    }
+
+    /// The meters whose state changes, with the gateway that read them, in byte order.
+    pub fn meter_ids(&self) -> Vec<(&str, &str)> {
+        self.events.iter().map(|(m, (g, _))| (*m, *g)).collect()
+    }
+
+    /// Folds the batch into the stored states of [`gateway_ids`](Self::gateway_ids) and
+    /// [`meter_ids`](Self::meter_ids) (missing entries start from the default).
+    pub fn apply(
+        &self,
+        gateways: &mut BTreeMap<String, GatewayState>,
+        meters: &mut BTreeMap<String, (String, MeterState)>,
+    ) {
+        let now = self.received;
+        for (gw, status) in &self.statuses {
+            gateways
+                .entry(gw.to_string())
+                .or_default()
+                .on_status(status, now);
+        }
+        for b in &self.batches {
+            gateways
+                .entry(b.gateway.clone())
+                .or_default()
+                .on_batch(b.sent, now);
+        }
+        for (gw, meter) in &self.spoofed {
+            gateways
+                .entry(gw.to_string())
+                .or_default()
+                .on_spoofed(*meter, now);
+        }
+        for (meter, (gw, evs)) in &self.events {
+            let entry = meters
+                .entry(meter.to_string())
+                .or_insert_with(|| (gw.to_string(), MeterState::default()));
+            entry.0 = gw.to_string();
+            for e in evs {
+                entry.1.apply(*e, self.calendar);
+            }
+        }
     }
 }
 
@@ -164,26 +248,26 @@ impl Monitor {
         &self.calendar
     }
 
-    /// Folds a committed ingest batch into gateway and meter state: statuses (and last
-    /// wills), one batch per entry of `batches` (or, when it is empty, one per gateway
-    /// that sent readings, without `sent`), good and failed reads in time order.
-    pub async fn on_ingest(&self, tx: &IngestTx, batches: &[BatchSeen]) -> Result<(), StoreError> {
-        let now = tx.received;
-        let mut inferred = Vec::new();
-        let batches = if batches.is_empty() {
+    /// What a batch changes in gateway and meter state: statuses (and last wills), one
+    /// batch per entry of `batches` (or, when it is empty, one per gateway that sent
+    /// readings, without `sent`), good and failed reads. Pure; ingest folds it inside its
+    /// own transaction ([`Store::commit_ingest_with`]).
+    pub fn fold<'a>(&'a self, tx: &'a IngestTx, batches: &[BatchSeen]) -> MonitorFold<'a> {
+        let batches: Vec<BatchSeen> = if batches.is_empty() {
             let gws: BTreeSet<&str> = tx
                 .readings
                 .iter()
                 .map(|r| r.gateway.as_str())
                 .chain(tx.failures.iter().map(|f| f.gateway.as_str()))
                 .collect();
-            inferred.extend(gws.into_iter().map(|g| BatchSeen {
-                gateway: g.into(),
-                sent: None,
-            }));
-            &inferred[..]
+            gws.into_iter()
+                .map(|g| BatchSeen {
+                    gateway: g.into(),
+                    sent: None,
+                })
+                .collect()
         } else {
-            batches
+            batches.to_vec()
         };
         let spoofed: Vec<(&str, Option<&str>)> = tx
             .quarantine
@@ -191,13 +275,15 @@ impl Monitor {
             .filter(|q| q.reason == "spoofed")
             .filter_map(|q| Some((q.gateway.as_deref()?, spoofed_meter(&q.detail))))
             .collect();
-        let gw_ids: BTreeSet<String> = tx
-            .statuses
-            .iter()
-            .map(|s| s.gateway.clone())
-            .chain(batches.iter().map(|b| b.gateway.clone()))
-            .chain(spoofed.iter().map(|(g, _)| g.to_string()))
-            .collect();
+        let mut statuses = Vec::new();
+        for s in &tx.statuses {
+            match serde_json::from_str::<Status>(&s.json) {
+                Ok(status) => statuses.push((s.gateway.as_str(), status)),
+                Err(e) => {
+                    warn!(gateway = %s.gateway, error = %e, "status not readable by the monitor")
+                }
+            }
+        }
         let mut events: BTreeMap<&str, (&str, Vec<MeterEvent<'_>>)> = BTreeMap::new();
         for r in &tx.readings {
             let e = MeterEvent::Good {
@@ -223,49 +309,23 @@ impl Monitor {
                 .1
                 .push(e);
         }
-        if gw_ids.is_empty() && events.is_empty() {
-            return Ok(());
-        }
-        let gw_list: Vec<String> = gw_ids.into_iter().collect();
-        let meter_list: Vec<String> = events.keys().map(|m| m.to_string()).collect();
-        let mut gateways = self.store.monitor_gateways(Some(&gw_list)).await?;
-        let mut meters = self.store.monitor_meters(Some(&meter_list)).await?;
-        for s in &tx.statuses {
-            match serde_json::from_str::<Status>(&s.json) {
-                Ok(status) => gateways
-                    .entry(s.gateway.clone())
-                    .or_default()
-                    .on_status(&status, now),
-                Err(e) => {
-                    warn!(gateway = %s.gateway, error = %e, "status not readable by the monitor")
-                }
-            }
-        }
-        for b in batches {
-            gateways
-                .entry(b.gateway.clone())
-                .or_default()
-                .on_batch(b.sent, now);
-        }
-        for (gw, meter) in &spoofed {
-            gateways
-                .entry(gw.to_string())
-                .or_default()
-                .on_spoofed(*meter, now);
-        }
-        for (meter, (gw, mut evs)) in events {
+        for (_, evs) in events.values_mut() {
             evs.sort_by_key(MeterEvent::ts);
-            let entry = meters
-                .entry(meter.to_string())
-                .or_insert_with(|| (gw.to_string(), MeterState::default()));
-            entry.0 = gw.to_string();
-            for e in evs {
-                entry.1.apply(e, &self.calendar);
-            }
         }
-        self.store
-            .save_monitor_states(&gateways, &meters, now)
-            .await
+        MonitorFold {
+            received: tx.received,
+            calendar: &self.calendar,
+            statuses,
+            batches,
+            spoofed,
+            events,
+        }
+    }
+
+    /// Folds a committed ingest batch into gateway and meter state in a transaction of
+    /// its own (ingest itself folds inside its commit; see [`Monitor::fold`]).
+    pub async fn on_ingest(&self, tx: &IngestTx, batches: &[BatchSeen]) -> Result<(), StoreError> {
+        self.store.fold_monitor(&self.fold(tx, batches)).await
     }
 
     /// Registry and states at `now`.

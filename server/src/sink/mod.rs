@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::config::ConfigError;
 use crate::monitor::Monitor;
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseKind, Store, StoreError};
 
 pub use config::InfluxConfig;
 pub use writer::{WriteError, Writer};
@@ -84,6 +84,9 @@ pub struct SinkStats {
     pub up: AtomicBool,
     /// Last successful write, UTC Unix seconds (server clock), 0 before the first.
     pub last_write: AtomicI64,
+    /// Whether this replica holds the sink's lease and runs it (gauge; on PostgreSQL
+    /// one replica at a time does).
+    pub active: AtomicBool,
 }
 
 /// The running sink's parts; [`run`] drives it.
@@ -152,9 +155,9 @@ impl Sink {
         s.backlog_readings.store(backlog.readings, Relaxed);
         s.backlog_seasons.store(backlog.seasons, Relaxed);
 
-        let (rows, upto) = self.store.sink_readings(self.config.batch_readings).await?;
+        let (rows, head) = self.store.sink_readings(self.config.batch_readings).await?;
         let mut more = false;
-        if let Some(upto) = upto {
+        if let Some(head) = head {
             let points: Vec<_> = rows.iter().filter_map(schema::reading_point).collect();
             let n = points.len() as u64;
             match self.write(points).await {
@@ -162,10 +165,10 @@ impl Sink {
                     // Counted once written, before the queue moves: whoever sees the queue
                     // empty sees the count too.
                     s.readings_written.fetch_add(n, Relaxed);
-                    self.store.sink_ack_readings(upto, false).await?;
+                    self.store.sink_ack_readings(&head, false).await?;
                 }
                 Err(WriteError::Refused { status, text }) => {
-                    let d = self.store.sink_ack_readings(upto, true).await?;
+                    let d = self.store.sink_ack_readings(&head, true).await?;
                     s.readings_dropped.fetch_add(d, Relaxed);
                     warn!(status, %text, dropped = d, "influxdb refused readings: dropped");
                 }
@@ -251,13 +254,37 @@ impl Sink {
 
 /// Runs the sink until `stop`: passes back to back while there is work, a pause of
 /// `poll_ms` when there is none, the backoff after a failure.
+///
+/// With several replicas on one PostgreSQL database, every replica runs this loop but only
+/// the one holding the sink's lease ([`LeaseKind::Sink`]) passes; the others wait and take
+/// over when it dies.
 pub async fn run(sink: Sink, mut stop: watch::Receiver<bool>) {
     let mut failures = 0u32;
     let mut next_status = Instant::now();
+    let mut lease = sink.store.lease(LeaseKind::Sink);
     info!(url = %sink.config.url, bucket = %sink.config.bucket, "influxdb sink running");
     loop {
         if *stop.borrow() {
+            lease.release().await;
             return;
+        }
+        let held = lease.held().await;
+        sink.stats.active.store(matches!(held, Ok(true)), Relaxed);
+        let pause = match held {
+            Ok(false) => Some(Duration::from_millis(sink.config.poll_ms.max(1_000))),
+            Err(e) => {
+                sink.stats.store_errors.fetch_add(1, Relaxed);
+                warn!(error = %e, "influxdb sink: lease");
+                Some(sink.config.backoff(1))
+            }
+            Ok(true) => None,
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+            continue;
         }
         let pause = match sink.pass(&mut next_status).await {
             Ok(true) => {
@@ -299,7 +326,13 @@ pub async fn start(
     stop: &watch::Receiver<bool>,
 ) -> Result<(Option<Arc<SinkStats>>, Option<tokio::task::JoinHandle<()>>), SinkError> {
     let Some(table) = table else {
-        store.sink_disable().await?;
+        if store.sink_disable().await? {
+            warn!(
+                "no [influxdb]: the InfluxDB export is switched off and its queues emptied \
+                 (on PostgreSQL for every replica of the database: configure [influxdb] on all \
+                 replicas or on none)"
+            );
+        }
         return Ok((None, None));
     };
     let config = InfluxConfig::from_table(table)?;

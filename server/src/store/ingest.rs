@@ -8,6 +8,7 @@ use sqlx::{Any, Row, Transaction};
 use super::sql::QueryBuilder;
 
 use super::{Store, StoreError};
+use crate::monitor::MonitorFold;
 
 /// A valid reading to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +106,7 @@ pub struct CommitSummary {
 const CHUNK: usize = 100;
 
 /// Runs of a PostgreSQL ingest transaction after a deadlock or serialization failure.
-const RETRIES: u32 = 5;
+pub(super) const RETRIES: u32 = 5;
 
 /// Whether the database rolled the transaction back for a conflict with a concurrent one
 /// (PostgreSQL's `40P01` deadlock, `40001` serialization failure): then it may run again.
@@ -132,9 +133,22 @@ impl Store {
         batch: &IngestTx,
         dirty_of: impl Fn(&NewReading, &mut BTreeSet<(String, String)>),
     ) -> Result<CommitSummary, StoreError> {
+        self.commit_ingest_with(batch, dirty_of, None).await
+    }
+
+    /// [`Store::commit_ingest`], folding `monitor` (the same batch's monitoring changes)
+    /// into gateway and meter state in the same transaction: one commit per batch, and
+    /// the rows locked while they change, so concurrent batches and replicas never
+    /// overwrite each other's state.
+    pub async fn commit_ingest_with(
+        &self,
+        batch: &IngestTx,
+        dirty_of: impl Fn(&NewReading, &mut BTreeSet<(String, String)>),
+        monitor: Option<&MonitorFold<'_>>,
+    ) -> Result<CommitSummary, StoreError> {
         let mut attempt = 0;
         loop {
-            match self.try_commit_ingest(batch, &dirty_of).await {
+            match self.try_commit_ingest(batch, &dirty_of, monitor).await {
                 Err(e) if attempt < RETRIES && retryable(&e) => {
                     attempt += 1;
                     tracing::debug!(attempt, "ingest commit retried: {e}");
@@ -148,6 +162,7 @@ impl Store {
         &self,
         batch: &IngestTx,
         dirty_of: &impl Fn(&NewReading, &mut BTreeSet<(String, String)>),
+        monitor: Option<&MonitorFold<'_>>,
     ) -> Result<CommitSummary, StoreError> {
         let mut readings: Vec<&NewReading> = batch.readings.iter().collect();
         if self.backend == super::Backend::Postgres {
@@ -252,6 +267,9 @@ impl Store {
             .bind(&s.gateway)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(fold) = monitor {
+            super::monitor::fold_in(&mut tx, self.backend, fold).await?;
         }
         super::results::mark_dirty_many(&mut tx, self.backend, &dirty).await?;
         sum.dirty = dirty.len() as u64;

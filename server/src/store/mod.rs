@@ -23,6 +23,7 @@
 mod bulk;
 pub mod feed;
 mod ingest;
+pub mod lease;
 pub mod monitor;
 mod registry;
 mod results;
@@ -38,9 +39,10 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use bulk::{RoundRegistry, SaveSummary, SavedPair};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
+pub use lease::{Lease, LeaseKind};
 pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
 pub use results::{DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
-pub use sink::{SinkBacklog, SinkNight, SinkReading};
+pub use sink::{SinkBacklog, SinkHead, SinkNight, SinkReading};
 
 /// A store failure (I/O, SQL, migration); callers log it and answer 500.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +177,19 @@ impl Store {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let collation: Option<String> = sqlx::query_scalar(
+            "SELECT datcollate::text FROM pg_database WHERE datname = current_database()",
+        )
+        .fetch_optional(&pool)
+        .await?;
+        if let Some(c) = collation.filter(|c| c != "C" && c != "POSIX") {
+            tracing::warn!(
+                collation = %c,
+                "the database does not sort text in byte order: lists and exports may order \
+                 rows differently from SQLite (the figures do not depend on it); create it \
+                 with `createdb --locale=C --template=template0` (docs/scale.md)"
+            );
+        }
         Ok(Self {
             pool,
             backend: Backend::Postgres,

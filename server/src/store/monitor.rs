@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::sql::QueryBuilder;
 
-use super::{Store, StoreError};
-use crate::monitor::{Changes, GatewayState, MeterState};
+use super::{Backend, Store, StoreError};
+use crate::monitor::{Changes, GatewayState, MeterState, MonitorFold};
 
 /// One alarm as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,6 +75,151 @@ pub struct PlacedHousehold {
     pub village: String,
     /// Device kind.
     pub device: String,
+}
+
+/// Rows per statement when folding (4 values each).
+const FOLD_CHUNK: usize = 200;
+
+/// Folds `fold` into the stored states inside `tx`: creates the rows it names that do
+/// not exist yet, locks them (PostgreSQL: `FOR UPDATE`, in byte order, so concurrent
+/// folds never deadlock on them and never overwrite each other), reads, applies, writes.
+/// A row that does not parse is logged and starts again from the default: monitoring
+/// state must never hold back the readings that pay.
+pub(super) async fn fold_in(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    fold: &MonitorFold<'_>,
+) -> Result<(), StoreError> {
+    if fold.is_empty() {
+        return Ok(());
+    }
+    let lock = if backend == Backend::Postgres {
+        " ORDER BY 1 FOR UPDATE"
+    } else {
+        " ORDER BY 1"
+    };
+    let gw_ids = fold.gateway_ids();
+    let meter_ids = fold.meter_ids();
+    let fresh_gw =
+        serde_json::to_string(&GatewayState::default()).map_err(corrupt("monitor_gateways"))?;
+    let fresh_meter =
+        serde_json::to_string(&MeterState::default()).map_err(corrupt("monitor_meters"))?;
+    let mut gateways: BTreeMap<String, GatewayState> = BTreeMap::new();
+    for chunk in gw_ids.chunks(FOLD_CHUNK) {
+        let mut qb = QueryBuilder::new(
+            backend,
+            "INSERT INTO monitor_gateways (id, state_json, updated) ",
+        );
+        qb.push_values(chunk, |mut b, id| {
+            b.push_bind(id.to_string())
+                .push_bind(fresh_gw.clone())
+                .push_bind(fold.received());
+        });
+        qb.push(" ON CONFLICT (id) DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+        let mut qb = QueryBuilder::new(
+            backend,
+            "SELECT id, state_json FROM monitor_gateways WHERE id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.to_string());
+        }
+        qb.push(")").push(lock);
+        for r in qb.build().fetch_all(&mut **tx).await? {
+            let id: String = r.get(0);
+            let state = serde_json::from_str(r.get::<&str, _>(1)).unwrap_or_else(|e| {
+                tracing::warn!(gateway = %id, error = %e, "stored gateway state unreadable; starting afresh");
+                GatewayState::default()
+            });
+            gateways.insert(id, state);
+        }
+    }
+    let mut meters: BTreeMap<String, (String, MeterState)> = BTreeMap::new();
+    for chunk in meter_ids.chunks(FOLD_CHUNK) {
+        let mut qb = QueryBuilder::new(
+            backend,
+            "INSERT INTO monitor_meters (meter, gateway, state_json, updated) ",
+        );
+        qb.push_values(chunk, |mut b, (meter, gw)| {
+            b.push_bind(meter.to_string())
+                .push_bind(gw.to_string())
+                .push_bind(fresh_meter.clone())
+                .push_bind(fold.received());
+        });
+        qb.push(" ON CONFLICT (meter) DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+        let mut qb = QueryBuilder::new(
+            backend,
+            "SELECT meter, gateway, state_json FROM monitor_meters WHERE meter IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for (meter, _) in chunk {
+            sep.push_bind(meter.to_string());
+        }
+        qb.push(")").push(lock);
+        for r in qb.build().fetch_all(&mut **tx).await? {
+            let meter: String = r.get(0);
+            let state = serde_json::from_str(r.get::<&str, _>(2)).unwrap_or_else(|e| {
+                tracing::warn!(meter = %meter, error = %e, "stored meter state unreadable; starting afresh");
+                MeterState::default()
+            });
+            meters.insert(meter, (r.get(1), state));
+        }
+    }
+    fold.apply(&mut gateways, &mut meters);
+    let now = fold.received();
+    let gateways: Vec<(String, String)> = gateways
+        .into_iter()
+        .map(|(id, g)| {
+            Ok((
+                id,
+                serde_json::to_string(&g).map_err(corrupt("monitor_gateways"))?,
+            ))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    for chunk in gateways.chunks(FOLD_CHUNK) {
+        let mut qb = QueryBuilder::new(
+            backend,
+            "INSERT INTO monitor_gateways (id, state_json, updated) ",
+        );
+        qb.push_values(chunk, |mut b, (id, json)| {
+            b.push_bind(id.clone())
+                .push_bind(json.clone())
+                .push_bind(now);
+        });
+        qb.push(
+            " ON CONFLICT (id) DO UPDATE SET state_json = excluded.state_json, updated = excluded.updated",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    let meters: Vec<(String, String, String)> = meters
+        .into_iter()
+        .map(|(m, (gw, st))| {
+            Ok((
+                m,
+                gw,
+                serde_json::to_string(&st).map_err(corrupt("monitor_meters"))?,
+            ))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    for chunk in meters.chunks(FOLD_CHUNK) {
+        let mut qb = QueryBuilder::new(
+            backend,
+            "INSERT INTO monitor_meters (meter, gateway, state_json, updated) ",
+        );
+        qb.push_values(chunk, |mut b, (m, gw, json)| {
+            b.push_bind(m.clone())
+                .push_bind(gw.clone())
+                .push_bind(json.clone())
+                .push_bind(now);
+        });
+        qb.push(
+            " ON CONFLICT (meter) DO UPDATE SET gateway = excluded.gateway, state_json = excluded.state_json, updated = excluded.updated",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 fn corrupt<T>(what: &'static str) -> impl FnOnce(T) -> StoreError {
@@ -140,44 +285,27 @@ impl Store {
             .collect()
     }
 
-    /// Writes gateway and meter states in one transaction.
-    pub async fn save_monitor_states(
-        &self,
-        gateways: &BTreeMap<String, GatewayState>,
-        meters: &BTreeMap<String, (String, MeterState)>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (id, g) in gateways {
-            let json = serde_json::to_string(g).map_err(corrupt("monitor_gateways"))?;
-            sqlx::query(
-                "INSERT INTO monitor_gateways (id, state_json, updated) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET state_json = excluded.state_json, updated = excluded.updated",
-            )
-            .bind(id)
-            .bind(json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    /// Folds one ingest batch into gateway and meter state in a transaction of its own
+    /// (ingest folds inside its commit instead: [`Store::commit_ingest_with`]).
+    pub async fn fold_monitor(&self, fold: &MonitorFold<'_>) -> Result<(), StoreError> {
+        if fold.is_empty() {
+            return Ok(());
         }
-        for (meter, (gw, m)) in meters {
-            let json = serde_json::to_string(m).map_err(corrupt("monitor_meters"))?;
-            sqlx::query(
-                "INSERT INTO monitor_meters (meter, gateway, state_json, updated) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (meter) DO UPDATE SET gateway = excluded.gateway, state_json = excluded.state_json,
-                   updated = excluded.updated",
-            )
-            .bind(meter)
-            .bind(gw)
-            .bind(json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let done = match fold_in(&mut tx, self.backend, fold).await {
+                Ok(()) => tx.commit().await.map_err(StoreError::from),
+                Err(e) => Err(e),
+            };
+            match done {
+                Err(e) if attempt < super::ingest::RETRIES && super::ingest::retryable(&e) => {
+                    attempt += 1;
+                }
+                done => return done,
+            }
         }
-        tx.commit().await?;
-        Ok(())
     }
-
     /// Every household with its place and device, by id.
     pub async fn placed_households(&self) -> Result<Vec<PlacedHousehold>, StoreError> {
         let rows =

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
+use super::sql::QueryBuilder;
 use super::{Store, StoreError};
 
 /// A stored reading to export, with its registry place (empty when the meter is bound
@@ -36,6 +37,17 @@ pub struct SinkReading {
     /// 村 of that household.
     pub village: String,
 }
+
+/// The queue positions one [`Store::sink_readings`] call read. Acknowledged exactly, not
+/// as a range: on PostgreSQL a position below the highest one read may commit later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkHead {
+    /// Queue positions, ascending.
+    pub seqs: Vec<i64>,
+}
+
+/// Positions per `DELETE … IN (…)`.
+const ACK_CHUNK: usize = 500;
 
 /// One computed night to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,19 +127,18 @@ impl Store {
     }
 
     /// The oldest queued readings, at most `limit` queue rows, with their registry place;
-    /// and the last queue position they cover (acknowledge it with
+    /// and the queue positions read (acknowledge them with
     /// [`Store::sink_ack_readings`]), `None` when the queue is empty.
     pub async fn sink_readings(
         &self,
         limit: i64,
-    ) -> Result<(Vec<SinkReading>, Option<i64>), StoreError> {
-        let upto: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(seq) FROM (SELECT seq FROM sink_readings ORDER BY seq LIMIT $1) head",
-        )
-        .bind(limit)
-        .fetch_one(&self.pool)
-        .await?;
-        let Some(upto) = upto else {
+    ) -> Result<(Vec<SinkReading>, Option<SinkHead>), StoreError> {
+        let seqs: Vec<i64> =
+            sqlx::query_scalar("SELECT seq FROM sink_readings ORDER BY seq LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else {
             return Ok((Vec::new(), None));
         };
         let rows = sqlx::query(
@@ -138,17 +149,21 @@ impl Store {
              LEFT JOIN meters m ON m.meter = r.meter AND m.valid_from <= r.ts
                   AND (m.valid_to IS NULL OR r.ts < m.valid_to)
              LEFT JOIN households h ON h.id = m.household
-             WHERE q.seq <= $1
+             WHERE q.seq >= $1 AND q.seq <= $2
              ORDER BY q.seq, m.household",
         )
-        .bind(upto)
+        .bind(lo)
+        .bind(hi)
         .fetch_all(&self.pool)
         .await?;
+        let read: std::collections::HashSet<i64> = seqs.iter().copied().collect();
         let mut out: Vec<SinkReading> = Vec::with_capacity(rows.len());
         for r in rows {
             let seq: i64 = r.get(0);
             // A meter bound to two households at once (a registry error): the first wins.
-            if out.last().is_some_and(|l| l.seq == seq) {
+            // A position committed since the first read (below `hi` on PostgreSQL, where
+            // sequence values commit out of order) waits for the next call.
+            if out.last().is_some_and(|l| l.seq == seq) || !read.contains(&seq) {
                 continue;
             }
             out.push(SinkReading {
@@ -164,18 +179,28 @@ impl Store {
                 village: r.get(9),
             });
         }
-        Ok((out, Some(upto)))
+        Ok((out, Some(SinkHead { seqs })))
     }
 
-    /// Removes the queued readings up to `upto` (written, or dropped when `dropped`:
-    /// then they are added to the persisted drop count).
-    pub async fn sink_ack_readings(&self, upto: i64, dropped: bool) -> Result<u64, StoreError> {
+    /// Removes the queued readings `head` names (written, or dropped when `dropped`: then
+    /// they are added to the persisted drop count); returns how many it removed.
+    pub async fn sink_ack_readings(
+        &self,
+        head: &SinkHead,
+        dropped: bool,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("DELETE FROM sink_readings WHERE seq <= $1")
-            .bind(upto)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut n = 0;
+        for chunk in head.seqs.chunks(ACK_CHUNK) {
+            let mut qb =
+                QueryBuilder::new(self.backend, "DELETE FROM sink_readings WHERE seq IN (");
+            let mut sep = qb.separated(", ");
+            for &seq in chunk {
+                sep.push_bind(seq);
+            }
+            qb.push(")");
+            n += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
         if dropped {
             add_dropped(&mut tx, "readings_dropped", n).await?;
         }
@@ -196,7 +221,15 @@ impl Store {
         if hi - lo < max {
             return Ok(0);
         }
-        self.sink_ack_readings(hi - max.max(0), true).await
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM sink_readings WHERE seq <= $1")
+            .bind(hi - max.max(0))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        add_dropped(&mut tx, "readings_dropped", n).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Queue depths.
