@@ -8,6 +8,8 @@ household's off-peak kWh and subsidy exactly, and serves the figures over HTTP.
   migrations in `migrations/{sqlite,postgres}`).
 - [`registry`]: the registry CSV import (households, meters, gateways) with its audit log.
 - [`ingest`]: the MQTT subscriber: validation, quarantine, batched commits, acks after commit.
+- [`replay`]: readings held back for want of a registry binding, admitted after the
+  registry change that binds them.
 - [`engine`]: the pure off-peak computation (DESIGN.md), no I/O.
 - [`recompute`]: turns `dirty` (household, season) pairs into stored nights and statements.
 - [`export`]: the contract's statement/night JSON and the finance CSV (with BOM).
@@ -34,6 +36,7 @@ pub mod ingest;
 pub mod monitor;
 pub mod recompute;
 pub mod registry;
+pub mod replay;
 pub mod sink;
 pub mod store;
 
@@ -162,6 +165,15 @@ pub async fn start_with_clock(
     let (sink_stats, sink_task) =
         sink::start(config.influxdb.as_ref(), &store, &monitor, &clock, &stopped).await?;
     tasks.extend(sink_task);
+    tasks.push(tokio::spawn(replay::run(
+        store.clone(),
+        Calendar::new(policy),
+        clock.clone(),
+        wake.clone(),
+        stats.clone(),
+        std::time::Duration::from_secs(2),
+        stopped.clone(),
+    )));
     let ingest = ingest::Ingest {
         store: store.clone(),
         calendar: Calendar::new(policy),

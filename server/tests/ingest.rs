@@ -353,3 +353,94 @@ async fn a_backlog_on_the_persistent_session_does_not_stall_ingest() {
     .await;
     running.stop().await;
 }
+
+/// The value of a `/metrics` sample line that starts with `series`.
+async fn metric(port: u16, series: &str) -> Option<i64> {
+    let (_, body) = http_get(port, "/metrics").await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An installer's agents run before the registry knows them: a gateway not in the registry
+/// (`gw-7`) and a meter not registered on a known gateway (`m8` on `gw-1`). Their
+/// messages are quarantined with their reasons and the readings held; once the registry
+/// import binds them, every held reading is stored and the households' statements count
+/// the whole night, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_readings_count_once_the_registry_binds_them() {
+    let broker = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (running, store) = start(&broker, dir.path(), 3).await;
+    let port = running.addr.port();
+    wait_subscribed(port).await;
+    let early = Publisher::connect(broker.port(), "gw-7").await;
+    let known = Publisher::connect(broker.port(), "gw-1").await;
+    // One reading a minute through the night of Nov 1, ten minutes a message.
+    let mut seq = 0;
+    for start in (NOV1_20..=NOV1_20 + 12 * 3600).step_by(600) {
+        let minutes = (start..start + 600)
+            .step_by(60)
+            .filter(|&t| t <= NOV1_20 + 12 * 3600);
+        let (m7, m8): (Vec<_>, Vec<_>) = minutes
+            .map(|t| {
+                (
+                    ("m7".to_string(), t, e_wh(7, t)),
+                    ("m8".to_string(), t, e_wh(8, t)),
+                )
+            })
+            .unzip();
+        seq += 1;
+        early
+            .publish("qn/v1/gw/gw-7/readings", batch("gw-7", seq, &m7))
+            .await;
+        known
+            .publish("qn/v1/gw/gw-1/readings", batch("gw-1", seq, &m8))
+            .await;
+    }
+    wait_until(T, "721 + 721 readings held", || async move {
+        metric(port, "qingnuan_held_readings{reason=\"unknown_gateway\"}").await == Some(721)
+            && metric(port, "qingnuan_held_readings{reason=\"unbound_meter\"}").await == Some(721)
+    })
+    .await;
+    assert_eq!(store.reading_counts().await.unwrap(), (0, 0));
+    let quarantined: Vec<String> = store
+        .quarantine_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    assert_eq!(quarantined, ["unbound_meter 721", "unknown_gateway 73"]);
+
+    // The registry import, as `qingnuan-server registry import` does it.
+    let csv = format!(
+        "{}hh-7,怀柔区,雁栖镇,下辛庄村,90,air_source_heat_pump,m7,2025-10-01,,gw-7,\n\
+         hh-8,怀柔区,雁栖镇,下辛庄村,90,air_source_heat_pump,m8,2025-10-01,,gw-1,\n",
+        registry_csv(3)
+    );
+    registry::import(&store, csv.as_bytes(), &Policy::beijing_2018(), "test", NOW)
+        .await
+        .unwrap();
+    // 720 minutes at 27 and 28 Wh a minute.
+    for (hh, kwh) in [("hh-7", "19.440"), ("hh-8", "20.160")] {
+        let path = format!("/api/v1/households/{hh}/seasons/2025-2026");
+        wait_until(T, "the held night in the statement", || {
+            let path = path.clone();
+            async move {
+                let Some((200, body)) = http_get(port, &path).await else {
+                    return false;
+                };
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["offpeak_kwh"] == kwh && v["nights"]["actual"] == 1
+            }
+        })
+        .await;
+    }
+    assert_eq!(store.reading_counts().await.unwrap(), (2 * 721, 0));
+    assert!(store.held_counts().await.unwrap().is_empty());
+    assert_eq!(
+        metric(port, "qingnuan_held_admitted_total").await,
+        Some(2 * 721)
+    );
+    running.stop().await;
+}

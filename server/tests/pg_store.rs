@@ -13,8 +13,10 @@ use qingnuan_server::engine::Engine;
 use qingnuan_server::monitor::{AlarmKind, Changes, Finding, Monitor, MonitorConfig, Subject};
 use qingnuan_server::store::feed::NewBatch;
 use qingnuan_server::store::monitor::{AlarmFilter, AlarmRow};
-use qingnuan_server::store::{IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate, Store};
-use qingnuan_server::{recompute, registry};
+use qingnuan_server::store::{
+    HeldReading, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate, Store,
+};
+use qingnuan_server::{recompute, registry, replay};
 use qingnuan_shared::policy::Policy;
 
 /// 2025-11-01 20:00 +08:00
@@ -137,6 +139,7 @@ async fn exercise(store: &Store) -> String {
             json: "{}".into(),
         }],
         received: NOW,
+        ..Default::default()
     };
     let _ = writeln!(
         out,
@@ -383,6 +386,59 @@ async fn exercise(store: &Store) -> String {
         store.meta("y").await.unwrap()
     );
     let _ = writeln!(out, "audit {:?}", store.audit_log().await.unwrap());
+
+    // Held readings (for want of a binding) and their replay after a registry change.
+    let held = |meter: &str, ts: i64| HeldReading {
+        reading: NewReading {
+            meter: meter.into(),
+            ts,
+            e_wh: 1_000 + ts - NOV1_20,
+            e_valley_wh: None,
+            p_w: None,
+            meter_ts: None,
+            gateway: "gw-0".into(),
+        },
+        reason: "unbound_meter".into(),
+    };
+    let version = store.registry_version().await.unwrap();
+    let tx = IngestTx {
+        held: vec![
+            held("m9", NOV1_20 + 60),
+            held("m9", NOV1_20 + 120),
+            held("m-x", NOV1_20),
+        ],
+        held_version: version,
+        received: NOW,
+        ..Default::default()
+    };
+    store.commit_ingest(&tx, mark).await.unwrap();
+    store.commit_ingest(&tx, mark).await.unwrap();
+    let _ = writeln!(out, "held {:?}", store.held_counts().await.unwrap());
+    let cal = qingnuan_shared::calendar::Calendar::new(policy);
+    let _ = writeln!(
+        out,
+        "replay {:?}",
+        replay::pass(store, &cal, NOW).await.unwrap()
+    );
+    let csv = format!(
+        "{}hh-9,怀柔区,雁栖镇,东村,100,air_source_heat_pump,m9,2025-10-01,,gw-0,\n",
+        registry_csv(6)
+    );
+    registry::import(store, csv.as_bytes(), &policy, "test", NOW)
+        .await
+        .unwrap();
+    let _ = writeln!(
+        out,
+        "replay {:?}",
+        replay::pass(store, &cal, NOW).await.unwrap()
+    );
+    let _ = writeln!(
+        out,
+        "replay {:?}",
+        replay::pass(store, &cal, NOW).await.unwrap()
+    );
+    let _ = writeln!(out, "held {:?}", store.held_counts().await.unwrap());
+    let _ = writeln!(out, "m9 {:?}", store.readings_of("m9", NOW).await.unwrap());
     out.push_str(&dump(store, 6).await);
     out
 }
@@ -403,6 +459,10 @@ async fn every_store_call_answers_the_same_on_both_backends() {
         "enqueue 2\n",
         "enqueue 0\n",
         "dirty_count 0",
+        "held [(\"unbound_meter\", 3)]",
+        "replay ReplaySummary { admitted: 0, new_readings: 0, still_held: 0 }",
+        "replay ReplaySummary { admitted: 2, new_readings: 2, still_held: 1 }",
+        "held [(\"unbound_meter\", 1)]",
     ] {
         assert!(on_sqlite.contains(want), "{want:?} not in\n{on_sqlite}");
     }

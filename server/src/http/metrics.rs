@@ -161,6 +161,21 @@ async fn render(app: &App) -> Result<String, ApiError> {
         e.sample("qingnuan_quarantine_rows", &[("reason", &reason)], count);
     }
 
+    e.family(
+        "qingnuan_held_readings",
+        "gauge",
+        "Readings held back because the registry does not bind them (yet), by quarantine reason; a registry change that binds them admits them.",
+    );
+    for (reason, count) in app.store.held_counts().await? {
+        e.sample("qingnuan_held_readings", &[("reason", &reason)], count);
+    }
+    e.single(
+        "qingnuan_held_admitted_total",
+        "counter",
+        "Held readings admitted after a registry change, since start.",
+        n(&st.held_admitted),
+    );
+
     let now = app.clock.now();
     let monitor = Monitor::new(app.store.clone(), app.policy, MonitorConfig::default());
     let snap = monitor.snapshot(now).await?;

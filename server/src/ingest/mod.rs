@@ -46,6 +46,8 @@ pub struct IngestStats {
     pub quarantined: AtomicU64,
     /// Store transactions committed.
     pub commits: AtomicU64,
+    /// Held readings admitted after a registry change (`replay.rs`).
+    pub held_admitted: AtomicU64,
     /// Whether the broker has acknowledged the subscriptions on the current connection.
     pub subscribed: AtomicBool,
 }
@@ -348,6 +350,7 @@ impl Worker {
         let now = self.ingest.clock.now();
         let mut tx = IngestTx {
             received: now,
+            held_version: self.version.unwrap_or(0),
             ..Default::default()
         };
         for p in batch {

@@ -9,7 +9,9 @@ use qingnuan_shared::wire::{self, BootId, Reading, ReadingsBatch, Status, TopicK
 use serde::Deserialize;
 
 use crate::registry::seasons_touched;
-use crate::store::{Binding, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
+use crate::store::{
+    Binding, HeldReading, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate,
+};
 
 /// Bytes of a quarantined payload kept for inspection.
 const KEPT_PAYLOAD_BYTES: usize = 1024;
@@ -70,6 +72,72 @@ impl Bindings {
     }
 }
 
+impl Bindings {
+    /// Whether `gateway` may report `meter` at `ts`: the meter is registered on it with a
+    /// validity interval holding `ts` (inclusive of the removal instant, as the engine's
+    /// validity is). Otherwise the reason (`spoofed`, `unbound_meter`, `before_install`,
+    /// `unbound`) and a detail naming the field (`meter: …` or `ts: …`).
+    pub fn admit(&self, gateway: &str, meter: &str, ts: i64) -> Result<(), (&'static str, String)> {
+        let Some(intervals) = self.read_by.get(&(gateway.to_string(), meter.to_string())) else {
+            // A meter the registry places on another gateway is a gateway speaking for
+            // a meter it does not own: `spoofed`, and the monitor raises an alarm.
+            return Err(if self.households.contains_key(meter) {
+                (
+                    "spoofed",
+                    format!("meter: {meter} is registered on another gateway, not {gateway}"),
+                )
+            } else {
+                (
+                    "unbound_meter",
+                    format!("meter: {meter} is not registered on gateway {gateway}"),
+                )
+            });
+        };
+        let install = intervals
+            .iter()
+            .map(|&(from, _)| from)
+            .min()
+            .unwrap_or(i64::MIN);
+        if ts < install {
+            return Err((
+                "before_install",
+                format!("ts: {ts} is before meter {meter} was installed ({install})"),
+            ));
+        }
+        if !intervals
+            .iter()
+            .any(|&(from, to)| from <= ts && to.is_none_or(|to| ts <= to))
+        {
+            return Err((
+                "unbound",
+                format!(
+                    "ts: {ts} is outside every interval meter {meter} is registered on gateway {gateway}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a reading the registry does not bind (yet) with its values, so that a later
+/// registry change can admit it (`replay.rs`). A failed read carries nothing to pay on.
+fn hold(tx: &mut IngestTx, gw: &GatewayId, r: &Reading, reason: &str) {
+    if let Some(e_wh) = r.e_wh {
+        tx.held.push(HeldReading {
+            reading: NewReading {
+                meter: r.meter.as_str().into(),
+                ts: r.ts,
+                e_wh,
+                e_valley_wh: r.e_valley_wh,
+                p_w: r.p_w,
+                meter_ts: r.meter_ts,
+                gateway: gw.to_string(),
+            },
+            reason: reason.into(),
+        });
+    }
+}
+
 /// Checks one message and adds what it yields to `tx`. Never fails: whatever is wrong
 /// becomes a quarantine row.
 pub fn message(
@@ -94,8 +162,9 @@ pub fn message(
         let detail = format!("payload of {} bytes is larger than 64 KiB", payload.len());
         return msg.quarantine(tx, Some(&gw_name), -1, "too_large", detail);
     }
-    if !bindings.gateways.contains(&gw_name) {
-        return msg.quarantine(
+    let known = bindings.gateways.contains(&gw_name);
+    if !known {
+        msg.quarantine(
             tx,
             Some(&gw_name),
             -1,
@@ -104,9 +173,28 @@ pub fn message(
         );
     }
     match kind {
-        TopicKind::Status => status(&msg, &gw, tx),
-        TopicKind::Readings => readings(&msg, &gw, bindings, now, future_tolerance_s, tx),
+        TopicKind::Status if known => status(&msg, &gw, tx),
+        TopicKind::Status => {}
+        TopicKind::Readings => {
+            let check = Check {
+                bindings,
+                now,
+                tolerance: future_tolerance_s,
+                known,
+            };
+            readings(&msg, &gw, &check, tx);
+        }
     }
+}
+
+/// What a readings message is checked against.
+struct Check<'a> {
+    bindings: &'a Bindings,
+    now: i64,
+    tolerance: i64,
+    /// Whether the gateway is in the registry. An unknown gateway's message is
+    /// quarantined whole already: its readings are only held, without rows of their own.
+    known: bool,
 }
 
 fn status(msg: &Msg<'_>, gw: &GatewayId, tx: &mut IngestTx) {
@@ -141,18 +229,17 @@ struct Envelope {
     readings: Vec<serde_json::Value>,
 }
 
-fn readings(
-    msg: &Msg<'_>,
-    gw: &GatewayId,
-    bindings: &Bindings,
-    now: i64,
-    tolerance: i64,
-    tx: &mut IngestTx,
-) {
+fn readings(msg: &Msg<'_>, gw: &GatewayId, check: &Check<'_>, tx: &mut IngestTx) {
     let name = Some(gw.as_str());
+    let (bindings, now) = (check.bindings, check.now);
+    let quarantine = |tx: &mut IngestTx, item: i64, reason: &str, detail: String| {
+        if check.known {
+            msg.quarantine(tx, name, item, reason, detail);
+        }
+    };
     let env: Envelope = match serde_json::from_slice(msg.payload) {
         Ok(e) => e,
-        Err(e) => return msg.quarantine(tx, name, -1, json_reason(&e), e.to_string()),
+        Err(e) => return quarantine(tx, -1, json_reason(&e), e.to_string()),
     };
     let head = ReadingsBatch {
         v: env.v,
@@ -163,14 +250,14 @@ fn readings(
         readings: Vec::new(),
     };
     if let Err(e) = head.validate_envelope(gw) {
-        return msg.quarantine(tx, name, -1, e.problem.code(), e.to_string());
+        return quarantine(tx, -1, e.problem.code(), e.to_string());
     }
     for (i, value) in env.readings.into_iter().enumerate() {
         let item = i64::try_from(i).unwrap_or(i64::MAX);
         let r: Reading = match serde_json::from_value(value) {
             Ok(r) => r,
             Err(e) => {
-                msg.quarantine(tx, name, item, "bad_reading", format!("readings[{i}]: {e}"));
+                quarantine(tx, item, "bad_reading", format!("readings[{i}]: {e}"));
                 continue;
             }
         };
@@ -179,64 +266,26 @@ fn readings(
                 index: Some(i),
                 ..e
             };
-            msg.quarantine(tx, name, item, e.problem.code(), e.to_string());
+            quarantine(tx, item, e.problem.code(), e.to_string());
             continue;
         }
         let meter = r.meter.as_str();
-        let Some(intervals) = bindings
-            .read_by
-            .get(&(gw.as_str().to_string(), meter.to_string()))
-        else {
-            // A meter the registry places on another gateway is a gateway speaking for
-            // a meter it does not own: `spoofed`, and the monitor raises an alarm.
-            let (reason, detail) = if bindings.households.contains_key(meter) {
-                (
-                    "spoofed",
-                    format!(
-                        "readings[{i}].meter: {meter} is registered on another gateway, not {gw}"
-                    ),
-                )
-            } else {
-                (
-                    "unbound_meter",
-                    format!("readings[{i}].meter: {meter} is not registered on gateway {gw}"),
-                )
-            };
-            msg.quarantine(tx, name, item, reason, detail);
-            continue;
-        };
-        let install = intervals
-            .iter()
-            .map(|&(from, _)| from)
-            .min()
-            .unwrap_or(i64::MIN);
-        if r.ts > now.saturating_add(tolerance) {
+        if r.ts > now.saturating_add(check.tolerance) {
             let detail = format!(
                 "readings[{i}].ts: {} is {} s ahead of the server clock",
                 r.ts,
                 r.ts - now
             );
-            msg.quarantine(tx, name, item, "future_ts", detail);
+            quarantine(tx, item, "future_ts", detail);
             continue;
         }
-        if r.ts < install {
-            let detail = format!(
-                "readings[{i}].ts: {} is before meter {meter} was installed ({install})",
-                r.ts
-            );
-            msg.quarantine(tx, name, item, "before_install", detail);
+        if !check.known {
+            hold(tx, gw, &r, "unknown_gateway");
             continue;
         }
-        // Inclusive of the removal instant, as the engine's validity is.
-        let bound = intervals
-            .iter()
-            .any(|&(from, to)| from <= r.ts && to.is_none_or(|to| r.ts <= to));
-        if !bound {
-            let detail = format!(
-                "readings[{i}].ts: {} is outside every interval meter {meter} is registered on gateway {gw}",
-                r.ts
-            );
-            msg.quarantine(tx, name, item, "unbound", detail);
+        if let Err((reason, detail)) = bindings.admit(gw.as_str(), meter, r.ts) {
+            msg.quarantine(tx, name, item, reason, format!("readings[{i}].{detail}"));
+            hold(tx, gw, &r, reason);
             continue;
         }
         match (r.e_wh, r.err) {

@@ -274,6 +274,20 @@ fn spoofed_and_unbound_readings() {
         tx.readings.iter().map(|r| r.ts).collect::<Vec<_>>(),
         vec![NOW - 3600]
     );
+    // The others are held with their values, for a registry change to admit.
+    assert_eq!(
+        held(&tx),
+        vec![
+            ("gw-1", "m3", NOW, 1000, "spoofed"),
+            ("gw-1", "m1", NOW - 3599, 1000, "unbound"),
+            ("gw-1", "m9", NOW, 5, "unbound_meter"),
+        ]
+    );
+    assert!(b.admit("gw-2", "m1", NOW - 1800).is_ok());
+    assert_eq!(
+        b.admit("gw-2", "m1", NOW - 1801).unwrap_err().0,
+        "before_install"
+    );
     // The same meter from the gateway it is on now is fine.
     let p = format!(
         r#"{{"v":1,"gw":"gw-2","seq":1,"boot":"b","readings":[{{"meter":"m1","ts":{NOW},"e_wh":1000}}]}}"#
@@ -289,4 +303,59 @@ fn spoofed_and_unbound_readings() {
     );
     assert!(tx.quarantine.is_empty(), "{:?}", reasons(&tx));
     assert_eq!(tx.readings.len(), 1);
+}
+
+fn held(tx: &IngestTx) -> Vec<(&str, &str, i64, i64, &str)> {
+    tx.held
+        .iter()
+        .map(|h| {
+            let r = &h.reading;
+            (
+                r.gateway.as_str(),
+                r.meter.as_str(),
+                r.ts,
+                r.e_wh,
+                h.reason.as_str(),
+            )
+        })
+        .collect()
+}
+
+/// A gateway not in the registry yet (an agent installed before the import): the message
+/// is quarantined whole, as before, and its good readings are held for the import to
+/// admit; a reading from the future, a failed read and a malformed reading are not.
+#[test]
+fn an_unknown_gateways_readings_are_held() {
+    let p = format!(
+        r#"{{"v":1,"gw":"gw-9","seq":1,"boot":"b","readings":[
+          {{"meter":"m1","ts":{NOW},"e_wh":1000,"e_valley_wh":400,"p_w":1500,"meter_ts":{mts}}},
+          {{"meter":"m2","ts":{future},"e_wh":2000}},
+          {{"meter":"m2","ts":{NOW},"err":"timeout"}},
+          {{"meter":"m2","ts":"x","e_wh":3}},
+          {{"meter":"m2","ts":{earlier},"e_wh":1900}}
+        ]}}"#,
+        mts = NOW + 2,
+        future = NOW + 3600,
+        earlier = NOW - 60,
+    );
+    let tx = run("qn/v1/gw/gw-9/readings", &p);
+    assert_eq!(reasons(&tx), vec![(-1, "unknown_gateway")]);
+    assert!(tx.readings.is_empty() && tx.failures.is_empty());
+    assert_eq!(
+        held(&tx),
+        vec![
+            ("gw-9", "m1", NOW, 1000, "unknown_gateway"),
+            ("gw-9", "m2", NOW - 60, 1900, "unknown_gateway"),
+        ]
+    );
+    let r = &tx.held[0].reading;
+    assert_eq!(
+        (r.e_valley_wh, r.p_w, r.meter_ts),
+        (Some(400), Some(1500), Some(NOW + 2))
+    );
+    // A status of an unknown gateway is quarantined and nothing else.
+    let status = r#"{"v":1,"gw":"gw-9","state":"online","ts":1}"#;
+    let tx = run("qn/v1/gw/gw-9/status", status);
+    assert_eq!(reasons(&tx), vec![(-1, "unknown_gateway")]);
+    assert!(tx.statuses.is_empty() && tx.held.is_empty());
 }

@@ -7,6 +7,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::sql::QueryBuilder;
 
+use super::held::{HeldKey, HeldReading};
 use super::{Store, StoreError};
 use crate::monitor::MonitorFold;
 
@@ -85,6 +86,15 @@ pub struct IngestTx {
     pub statuses: Vec<StatusUpdate>,
     /// Server time of the commit, UTC Unix seconds.
     pub received: i64,
+    /// Readings the registry did not bind (each also has its quarantine row): kept
+    /// until a registry change admits them.
+    pub held: Vec<HeldReading>,
+    /// The registry version the batch was checked against.
+    pub held_version: i64,
+    /// Held readings admitted now (their values are in `readings`): removed.
+    pub released: Vec<HeldKey>,
+    /// Held readings checked against `held_version` again and still not bound.
+    pub rechecked: Vec<HeldKey>,
 }
 
 /// What a commit did.
@@ -268,6 +278,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        super::held::write(&mut tx, self.backend, batch).await?;
         if let Some(fold) = monitor {
             super::monitor::fold_in(&mut tx, self.backend, fold).await?;
         }

@@ -22,6 +22,7 @@
 
 mod bulk;
 pub mod feed;
+mod held;
 mod ingest;
 pub mod lease;
 pub mod monitor;
@@ -38,6 +39,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use bulk::{RoundRegistry, SaveSummary, SavedPair};
+pub use held::{HeldKey, HeldReading};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
 pub use lease::{Lease, LeaseKind};
 pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
