@@ -103,11 +103,19 @@ impl Lease {
         Ok(took)
     }
 
-    /// Gives the lease up (closing its connection releases the lock).
+    /// Gives the lease up: unlocks (so another replica may take it at once), then closes
+    /// the connection (which would release the lock too, but only once the server has
+    /// noticed).
     pub async fn release(&mut self) {
-        self.held = false;
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
+            if self.held {
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(self.kind.key())
+                    .execute(&mut conn)
+                    .await;
+            }
             let _ = conn.close().await;
         }
+        self.held = false;
     }
 }
