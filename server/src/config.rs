@@ -127,6 +127,10 @@ pub struct IngestConfig {
     /// 0 (the default) commits what has arrived, and batches grow while a commit runs.
     #[serde(default = "default_batch_wait_ms")]
     pub batch_wait_ms: u64,
+    /// Most readings held for want of a registry binding (an unknown gateway, an
+    /// unregistered meter); beyond it the earliest received are dropped and counted.
+    #[serde(default = "default_held_max")]
+    pub held_max: i64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -146,6 +150,9 @@ fn default_batch_messages() -> usize {
 }
 fn default_batch_wait_ms() -> u64 {
     0
+}
+fn default_held_max() -> i64 {
+    1_000_000
 }
 
 impl Default for HttpConfig {
@@ -168,6 +175,7 @@ impl Default for IngestConfig {
             future_tolerance_s: default_future_tolerance_s(),
             batch_messages: default_batch_messages(),
             batch_wait_ms: default_batch_wait_ms(),
+            held_max: default_held_max(),
         }
     }
 }
@@ -268,6 +276,9 @@ impl Config {
         }
         if self.ingest.future_tolerance_s < 0 {
             return Err(invalid("ingest.future_tolerance_s", "must not be negative"));
+        }
+        if self.ingest.held_max < 0 {
+            return Err(invalid("ingest.held_max", "must not be negative"));
         }
         if let Some(t) = &self.influxdb {
             crate::sink::InfluxConfig::from_table(t)?;
@@ -417,6 +428,7 @@ mod tests {
         assert_eq!(c.store.url, "sqlite://./data/qingnuan.db");
         assert_eq!(c.client_id(), "qingnuan-server");
         assert_eq!(c.ingest.future_tolerance_s, 300);
+        assert_eq!(c.ingest.held_max, 1_000_000);
     }
 
     #[test]

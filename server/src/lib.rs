@@ -172,6 +172,7 @@ pub async fn start_with_clock(
         wake.clone(),
         stats.clone(),
         std::time::Duration::from_secs(2),
+        config.ingest.held_max,
         stopped.clone(),
     )));
     let ingest = ingest::Ingest {

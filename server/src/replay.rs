@@ -75,8 +75,13 @@ pub async fn pass(store: &Store, cal: &Calendar, now: i64) -> Result<ReplaySumma
     }
 }
 
+/// Passes between two checks of the `held_max` bound.
+const BOUND_EVERY: u32 = 30;
+
 /// Runs [`pass`] every `period` (real time) until `stop`, waking recompute when readings
-/// were admitted. A registry import moves the version; the next pass sees it.
+/// were admitted (a registry import moves the version; the next pass sees it), and every
+/// [`BOUND_EVERY`] passes drops the earliest held readings beyond `held_max`, counted.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: Store,
     cal: Calendar,
@@ -84,8 +89,10 @@ pub async fn run(
     recompute: Arc<Notify>,
     stats: Arc<IngestStats>,
     period: Duration,
+    held_max: i64,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut passes = 0u32;
     loop {
         match pass(&store, &cal, clock.now()).await {
             Ok(s) if s.admitted > 0 => {
@@ -101,6 +108,20 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => warn!(error = %e, "replay of held readings failed; retrying"),
         }
+        if passes % BOUND_EVERY == 0 {
+            match store.held_bound(held_max).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    stats.held_dropped.fetch_add(n, Ordering::Relaxed);
+                    warn!(
+                        dropped = n,
+                        held_max, "more readings held than [ingest] held_max: the earliest dropped"
+                    );
+                }
+                Err(e) => warn!(error = %e, "bounding the held readings failed"),
+            }
+        }
+        passes = passes.wrapping_add(1);
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(period) => {}

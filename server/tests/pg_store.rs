@@ -439,6 +439,9 @@ async fn exercise(store: &Store) -> String {
     );
     let _ = writeln!(out, "held {:?}", store.held_counts().await.unwrap());
     let _ = writeln!(out, "m9 {:?}", store.readings_of("m9", NOW).await.unwrap());
+    let _ = writeln!(out, "held_bound {}", store.held_bound(1).await.unwrap());
+    let _ = writeln!(out, "held_bound {}", store.held_bound(0).await.unwrap());
+    let _ = writeln!(out, "held {:?}", store.held_counts().await.unwrap());
     out.push_str(&dump(store, 6).await);
     out
 }
@@ -463,6 +466,7 @@ async fn every_store_call_answers_the_same_on_both_backends() {
         "replay ReplaySummary { admitted: 0, new_readings: 0, still_held: 0 }",
         "replay ReplaySummary { admitted: 2, new_readings: 2, still_held: 1 }",
         "held [(\"unbound_meter\", 1)]",
+        "held_bound 0\nheld_bound 1\nheld []",
     ] {
         assert!(on_sqlite.contains(want), "{want:?} not in\n{on_sqlite}");
     }

@@ -175,6 +175,12 @@ async fn render(app: &App) -> Result<String, ApiError> {
         "Held readings admitted after a registry change, since start.",
         n(&st.held_admitted),
     );
+    e.single(
+        "qingnuan_held_dropped_total",
+        "counter",
+        "Held readings dropped over [ingest] held_max (the earliest received), since start.",
+        n(&st.held_dropped),
+    );
 
     let now = app.clock.now();
     let monitor = Monitor::new(app.store.clone(), app.policy, MonitorConfig::default());

@@ -48,6 +48,8 @@ pub struct IngestStats {
     pub commits: AtomicU64,
     /// Held readings admitted after a registry change (`replay.rs`).
     pub held_admitted: AtomicU64,
+    /// Held readings dropped over `[ingest] held_max`, since start.
+    pub held_dropped: AtomicU64,
     /// Whether the broker has acknowledged the subscriptions on the current connection.
     pub subscribed: AtomicBool,
 }

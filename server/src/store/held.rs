@@ -107,6 +107,26 @@ impl Store {
             .collect())
     }
 
+    /// Back-pressure: when more than `max` readings are held, drops the earliest received
+    /// (then by key) so that `max` remain; returns how many it dropped.
+    pub async fn held_bound(&self, max: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM held_readings")
+            .fetch_one(&self.pool)
+            .await?;
+        if n <= max {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM held_readings WHERE (gateway, meter, ts) IN (
+                 SELECT gateway, meter, ts FROM held_readings
+                 ORDER BY received, gateway, meter, ts LIMIT $1)",
+        )
+        .bind(n - max.max(0))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Held readings by reason, most first.
     pub async fn held_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
