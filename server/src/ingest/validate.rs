@@ -124,17 +124,22 @@ impl Bindings {
 fn hold(tx: &mut IngestTx, gw: &GatewayId, r: &Reading, reason: &str) {
     if let Some(e_wh) = r.e_wh {
         tx.held.push(HeldReading {
-            reading: NewReading {
-                meter: r.meter.as_str().into(),
-                ts: r.ts,
-                e_wh,
-                e_valley_wh: r.e_valley_wh,
-                p_w: r.p_w,
-                meter_ts: r.meter_ts,
-                gateway: gw.to_string(),
-            },
+            reading: new_reading(gw, r, e_wh),
             reason: reason.into(),
         });
+    }
+}
+
+/// The reading to store from a wire reading of `gw` with register `e_wh`.
+fn new_reading(gw: &GatewayId, r: &Reading, e_wh: i64) -> NewReading {
+    NewReading {
+        meter: r.meter.as_str().into(),
+        ts: r.ts,
+        e_wh,
+        e_valley_wh: r.e_valley_wh,
+        p_w: r.p_w,
+        meter_ts: r.meter_ts,
+        gateway: gw.to_string(),
     }
 }
 
@@ -288,16 +293,8 @@ fn readings(msg: &Msg<'_>, gw: &GatewayId, check: &Check<'_>, tx: &mut IngestTx)
             hold(tx, gw, &r, reason);
             continue;
         }
-        match (r.e_wh, r.err) {
-            (Some(e_wh), _) => tx.readings.push(NewReading {
-                meter: meter.into(),
-                ts: r.ts,
-                e_wh,
-                e_valley_wh: r.e_valley_wh,
-                p_w: r.p_w,
-                meter_ts: r.meter_ts,
-                gateway: gw.to_string(),
-            }),
+        match (r.e_wh, &r.err) {
+            (Some(e_wh), _) => tx.readings.push(new_reading(gw, &r, e_wh)),
             (None, Some(err)) => tx.failures.push(ReadFailure {
                 meter: meter.into(),
                 ts: r.ts,
