@@ -148,6 +148,13 @@ fn read_all(chunks: &[&[u8]]) -> (Vec<Frame>, Vec<InvalidReason>) {
     (frames, errors)
 }
 
+/// Whether a valid frame starts at some 68H of `stream` within `at` (it may run on into
+/// the bytes after).
+fn starts_a_frame(stream: &[u8], at: std::ops::Range<usize>) -> bool {
+    at.filter(|&i| stream[i] == 0x68)
+        .any(|i| matches!(decode(&stream[i..]), Ok((f, n)) if n == f.encoded_len(Preamble::new(0).unwrap())))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
@@ -256,15 +263,22 @@ proptest! {
     }
 
     /// Any garbage (68H included) may raise invalid candidates, but both frames still come out.
+    /// Garbage that happens to hold a whole valid frame (a 68H, a second 68H at +7, a
+    /// matching checksum and a 16H: about one case in a thousand with these bytes) is a
+    /// real frame on the wire, so such cases are set aside rather than judged.
     #[test]
     fn frames_are_found_between_any_garbage(
         g1 in vec(wire_byte(), 0..60), f1 in frame(), p1 in preamble(),
         g2 in vec(wire_byte(), 0..60), f2 in frame(), p2 in preamble(),
     ) {
-        let mut stream = g1;
-        stream.extend_from_slice(&f1.encode(p1));
+        let e1 = f1.encode(p1);
+        let mut stream = g1.clone();
+        stream.extend_from_slice(&e1);
+        let g2_at = stream.len();
         stream.extend_from_slice(&g2);
         stream.extend_from_slice(&f2.encode(p2));
+        prop_assume!(!starts_a_frame(&stream, 0..g1.len()));
+        prop_assume!(!starts_a_frame(&stream, g2_at..g2_at + g2.len()));
         let (frames, _) = read_all(&[&stream]);
         prop_assert_eq!(frames, vec![f1, f2]);
     }
