@@ -154,6 +154,23 @@ fn wh_of(v: &Value) -> i64 {
     k.parse::<i64>().expect("kWh") * 1000 + format!("{f:0<3}")[..3].parse::<i64>().expect("Wh")
 }
 
+/// The sum, over a night's interpolated boundaries, of the energy counted between the
+/// two readings around each (zero where a reading lies at the boundary), Wh.
+fn interpolation_bound(detail: &Value) -> i64 {
+    let parts = detail["parts"].as_array().expect("night detail has parts");
+    let mut bound = 0;
+    for b in parts.iter().flat_map(|p| [&p["start"], &p["end"]]) {
+        let (t, r1, r2) = (&b["t"], &b["r1"], &b["r2"]);
+        if r1["ts"] == *t || r2["ts"] == *t {
+            continue;
+        }
+        if let (Some(e1), Some(e2)) = (r1["unwrapped_wh"].as_i64(), r2["unwrapped_wh"].as_i64()) {
+            bound += e2 - e1;
+        }
+    }
+    bound
+}
+
 #[test]
 fn the_demo_runs_a_village_whose_nights_match_the_truth() {
     let started = Instant::now();
@@ -241,9 +258,16 @@ fn the_demo_runs_a_village_whose_nights_match_the_truth() {
                 "{} {n}: a heat pump in December draws energy",
                 h.id
             );
+            // A boundary between two readings is interpolated: the truth lies between
+            // them, so the error is at most what the meter counted across the gap. At
+            // 3600× a loaded machine can stretch a boundary sweep past the 5 simulated
+            // minutes (83 ms) of `actual`, and the night is `estimated`, not wrong.
+            let (status, detail) = get(api, &format!("/api/v1/households/{}/nights/{n}", h.id));
+            assert_eq!(status, 200, "{} {n}: {detail}", h.id);
+            let gaps = interpolation_bound(&detail["detail"]);
             assert!(
-                (wh - truth).abs() <= tolerance,
-                "{} night {n}: server {wh} Wh, truth {truth} Wh ({row})",
+                (wh - truth).abs() <= tolerance + gaps,
+                "{} night {n}: server {wh} Wh, truth {truth} Wh, interpolation bound {gaps} Wh ({detail})",
                 h.id
             );
             assert_ne!(row["quality"], "missing", "{} {n}: {row}", h.id);
