@@ -39,6 +39,7 @@ pub mod registry;
 pub mod replay;
 pub mod sink;
 pub mod store;
+pub mod varint;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -383,12 +383,22 @@ fn run_without_a_broker_url_serves_its_own() {
     let batch = r#"{"v":1,"gw":"gw-0099","seq":1,"boot":"b1","readings":[{"meter":"123456781012","ts":1764331200,"e_wh":1000}]}"#;
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        let ok = Command::new("/usr/bin/mosquitto_pub")
+        // The API may answer before the embedded broker listens: retry until the deadline.
+        let out = Command::new("/usr/bin/mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-q", "1"])
             .args(["-t", "qn/v1/gw/gw-0099/readings", "-m", batch])
-            .status()
+            .output()
             .expect("mosquitto_pub");
-        assert!(ok.success(), "the embedded broker refused mosquitto_pub");
+        if !out.status.success() {
+            assert!(
+                Instant::now() < end,
+                "the embedded broker refused mosquitto_pub: {} {}",
+                String::from_utf8_lossy(&out.stderr),
+                read_log(tmp.path())
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
         let (status, q) = get(api, "/api/v1/quarantine");
         if status == 200 && q["since_start"]["messages"].as_i64().unwrap_or(0) >= 1 {
             assert!(q["total"].as_i64().unwrap_or(0) >= 1, "{q}");

@@ -266,7 +266,148 @@ async fn readings_are_queued_for_the_sink_only_while_it_is_enabled(kind: pg_supp
     drop(guard);
 }
 
+/// A store from before migration 0009 kept a row per night. Opened by this version, its
+/// nights move to the packed form: every figure, flag and explanation still there, once.
+async fn nights_stored_a_row_each_move_to_the_packed_form(kind: pg_support::Kind) {
+    let (guard, url) = pg_support::url(kind);
+    let backend = if url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    // The schema as of migration 0008, applied by sqlx from copies of those files.
+    let old = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0009" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let connect = if backend == "sqlite" {
+        format!("{url}?mode=rwc")
+    } else {
+        url.clone()
+    };
+    let pool = sqlx::AnyPool::connect(&connect).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let rows = [
+        (
+            "hh-1",
+            "2025-11-02",
+            "2025-2026",
+            2_000,
+            "estimated",
+            "[]",
+            "",
+        ),
+        (
+            "hh-1",
+            "2025-11-01",
+            "2025-2026",
+            1_000,
+            "actual",
+            r#"["tou_mismatch"]"#,
+            "",
+        ),
+        (
+            "hh-1",
+            "2025-11-03",
+            "2025-2026",
+            0,
+            "missing",
+            "[]",
+            r#"{"readings_set_aside":[{"ts":5}]}"#,
+        ),
+        ("hh-2", "2025-11-01", "2025-2026", 7, "actual", "[]", ""),
+        ("hh-2", "2024-11-01", "2024-2025", 9, "actual", "[]", ""),
+    ];
+    for (hh, night, season, wh, quality, flags, detail) in rows {
+        sqlx::query(
+            "INSERT INTO nights (household, night, season, wh, quality, flags, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(hh)
+        .bind(night)
+        .bind(season)
+        .bind(wh)
+        .bind(quality)
+        .bind(flags)
+        .bind(detail)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    for _ in 0..2 {
+        // Twice: the second open finds nothing left to move and changes nothing.
+        let store = Store::open(&url).await.unwrap();
+        let hh1 = store.nights("hh-1", "2025-2026").await.unwrap();
+        let got: Vec<_> = hh1
+            .iter()
+            .map(|n| {
+                (
+                    n.night.as_str(),
+                    n.wh,
+                    n.quality.as_str(),
+                    n.flags.join(","),
+                    n.detail.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "2025-11-01",
+                    1_000,
+                    "actual",
+                    "tou_mismatch".to_string(),
+                    ""
+                ),
+                ("2025-11-02", 2_000, "estimated", String::new(), ""),
+                (
+                    "2025-11-03",
+                    0,
+                    "missing",
+                    String::new(),
+                    r#"{"readings_set_aside":[{"ts":5}]}"#
+                ),
+            ]
+        );
+        let hh2: Vec<_> = store
+            .nights("hh-2", "2024-2025")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.night, n.wh))
+            .collect();
+        assert_eq!(hh2, [("2024-11-01".to_string(), 9)]);
+        let since = store.nights_since("2025-2026", "2025-11-02").await.unwrap();
+        let since: Vec<_> = since
+            .iter()
+            .map(|r| (r.0.as_str(), r.1.as_str(), r.2))
+            .collect();
+        assert_eq!(
+            since,
+            [("hh-1", "2025-11-02", 2_000), ("hh-1", "2025-11-03", 0)]
+        );
+        store.close().await;
+    }
+    drop(guard);
+}
+
 on_both_backends!(
+    nights_stored_a_row_each_move_to_the_packed_form,
     readings_are_queued_for_the_sink_only_while_it_is_enabled,
     repeats_are_ignored_and_conflicts_keep_the_first_value,
     quarantine_rows_count_once_per_message_item,

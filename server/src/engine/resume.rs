@@ -21,7 +21,7 @@
 //! read back as bytes; anything unreadable, or saved for other registry rows or another
 //! policy, means a full recompute.
 
-use alloc_free::Writer;
+use crate::varint::{Reader, Writer};
 use qingnuan_shared::calendar::Night;
 use qingnuan_shared::units::Wh;
 use qingnuan_shared::UnixTime;
@@ -445,66 +445,5 @@ impl SeasonState {
             first_seeded,
             seeds,
         })
-    }
-}
-
-mod alloc_free {
-    /// Appends varints to a byte buffer.
-    pub struct Writer(pub Vec<u8>);
-
-    impl Writer {
-        pub fn uint(&mut self, mut v: u64) {
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    self.0.push(b);
-                    return;
-                }
-                self.0.push(b | 0x80);
-            }
-        }
-
-        pub fn int(&mut self, v: i64) {
-            self.uint(((v << 1) ^ (v >> 63)) as u64);
-        }
-    }
-}
-
-/// Reads what [`alloc_free::Writer`] wrote.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn uint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn int(&mut self) -> Option<i64> {
-        let u = self.uint()?;
-        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
-    }
-
-    fn len(&mut self) -> Option<usize> {
-        usize::try_from(self.uint()?).ok().filter(|&n| n <= 1 << 24)
     }
 }

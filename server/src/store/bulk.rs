@@ -13,8 +13,6 @@ use super::{
 
 /// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
 const IDS: usize = 500;
-/// Night rows per multi-row upsert (7 binds each).
-const NIGHT_ROWS: usize = 400;
 
 /// The registry rows of a set of households, keyed by household id.
 #[derive(Debug, Default)]
@@ -251,128 +249,54 @@ impl Store {
                 keep
             }
         };
-        // Per season: its households, and the earliest night any of them recomputed
-        // (`None`: some recomputed the whole season); stored nights before it stay as they are.
-        let mut by_season: HashMap<&str, (Vec<&str>, Option<&str>)> = HashMap::new();
-        let mut first_of: HashMap<&str, Option<&str>> = HashMap::new();
+        // The stored nights of the round's pairs (one packed row each), by season.
+        let mut by_season: HashMap<&str, Vec<&str>> = HashMap::new();
         for p in &items {
             let s = &p.statement;
-            let from = p.from_night.as_deref();
-            let e = by_season
+            by_season
                 .entry(s.season.as_str())
-                .or_insert((Vec::new(), from));
-            e.0.push(s.household.as_str());
-            e.1 = e.1.zip(from).map(|(a, b)| a.min(b));
-            first_of.insert(s.household.as_str(), from);
+                .or_default()
+                .push(s.household.as_str());
         }
-        // The stored nights, one packed row per household (`night,wh,quality,flags|…`;
-        // flags are a JSON array of snake_case names, so neither separator occurs in it).
-        let mut stored: HashMap<(String, String), NightRow> = HashMap::new();
-        for (season, (households, from)) in &by_season {
-            for ids in households.chunks(IDS) {
-                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                    "SELECT household, string_agg(night || ',' || CAST(wh AS TEXT) || ',' || quality || ',' || flags, '|') \
-                     FROM nights WHERE season = ",
-                );
-                qb.push_bind(*season);
-                if let Some(from) = from {
-                    qb.push(" AND night >= ").push_bind(*from);
-                }
-                qb.push(" AND household IN ");
-                qb.push_tuples(ids, |mut b, id| {
-                    b.push_bind(*id);
-                });
-                qb.push(" GROUP BY household");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let household: String = r.get(0);
-                    let packed: &str = r.get(1);
-                    for n in unpack_nights(packed)? {
-                        stored.insert((household.clone(), n.night.clone()), n);
-                    }
-                }
-            }
+        let mut stored: HashMap<&str, HashMap<String, Vec<NightRow>>> = HashMap::new();
+        for (season, households) in &by_season {
+            let got = super::nights::load(&mut tx, self.backend, season, households).await?;
+            stored.insert(season, got);
         }
-        // The few stored nights with a detail (readings set aside), compared in full.
-        for (season, (households, from)) in &by_season {
-            for ids in households.chunks(IDS) {
-                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                    self.backend,
-                    "SELECT household, night, detail FROM nights WHERE detail <> '' AND season = ",
-                );
-                qb.push_bind(*season);
-                if let Some(from) = from {
-                    qb.push(" AND night >= ").push_bind(*from);
-                }
-                qb.push(" AND household IN ");
-                qb.push_tuples(ids, |mut b, id| {
-                    b.push_bind(*id);
-                });
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    if let Some(n) = stored.get_mut(&(r.get(0), r.get(1))) {
-                        n.detail = r.get(2);
-                    }
-                }
-            }
-        }
-        // Nights before a household's own first recomputed night were read only because
-        // another household of the round started earlier: not this one's to compare.
-        stored.retain(|(hh, night), _| {
-            first_of
-                .get(hh.as_str())
-                .copied()
-                .flatten()
-                .is_none_or(|from| night.as_str() >= from)
-        });
-        let mut changed: Vec<(&str, &str, &NightRow)> = Vec::new();
+        // Each pair's nights: the stored ones before its first recomputed night, then the
+        // new ones. A pair whose nights did not change is not written.
+        let mut write = Vec::new();
         for p in &items {
-            let (s, nights) = (&p.statement, &p.nights);
-            for n in nights {
-                match stored.remove(&(s.household.clone(), n.night.clone())) {
-                    Some(old) if old == *n => sum.nights_unchanged += 1,
-                    _ => changed.push((&s.household, &s.season, n)),
+            let s = &p.statement;
+            let old: &[NightRow] = stored
+                .get(s.season.as_str())
+                .and_then(|m| m.get(&s.household))
+                .map_or(&[], Vec::as_slice);
+            let from = p.from_night.as_deref();
+            let kept = old
+                .iter()
+                .take_while(|n| from.is_some_and(|f| n.night.as_str() < f));
+            let tail = &old[kept.clone().count()..];
+            if tail == p.nights.as_slice() {
+                sum.nights_unchanged += p.nights.len() as u64;
+                continue;
+            }
+            let mut gone: HashMap<&str, &NightRow> =
+                tail.iter().map(|o| (o.night.as_str(), o)).collect();
+            for n in &p.nights {
+                match gone.remove(n.night.as_str()) {
+                    Some(o) if o == n => sum.nights_unchanged += 1,
+                    _ => sum.nights_written += 1,
                 }
             }
-        }
-        for chunk in changed.chunks(NIGHT_ROWS) {
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "INSERT INTO nights (household, night, season, wh, quality, flags, detail) ",
-            );
-            qb.push_values(chunk, |mut b, (hh, season, n)| {
-                b.push_bind(*hh)
-                    .push_bind(&n.night)
-                    .push_bind(*season)
-                    .push_bind(n.wh)
-                    .push_bind(&n.quality)
-                    .push_bind(super::results::flags_json(&n.flags))
-                    .push_bind(&n.detail);
+            sum.nights_removed += gone.len() as u64;
+            write.push(super::nights::PairNights {
+                household: &s.household,
+                season: &s.season,
+                nights: kept.chain(&p.nights).collect(),
             });
-            qb.push(
-                " ON CONFLICT (household, night) DO UPDATE SET season = excluded.season, wh = excluded.wh,
-                  quality = excluded.quality, flags = excluded.flags, detail = excluded.detail",
-            );
-            qb.build().execute(&mut *tx).await?;
-            sum.nights_written += chunk.len() as u64;
         }
-        // Stored nights the new figures no longer have (a registry change shortened a season).
-        let gone: Vec<&(String, String)> = stored.keys().collect();
-        for chunk in gone.chunks(IDS) {
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "DELETE FROM nights WHERE (household, night) IN (VALUES ",
-            );
-            let mut sep = qb.separated(", ");
-            for (hh, night) in chunk {
-                sep.push("(")
-                    .push_bind_unseparated(hh.as_str())
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(night.as_str())
-                    .push_unseparated(")");
-            }
-            qb.push(")");
-            sum.nights_removed += qb.build().execute(&mut *tx).await?.rows_affected();
-        }
+        super::nights::save(&mut tx, self.backend, &write).await?;
         for chunk in items.chunks(IDS / 2) {
             let rows: Vec<_> = chunk.iter().map(|p| (&p.statement, p.gen)).collect();
             save_statements(&mut tx, self.backend, &rows, now).await?;
@@ -566,29 +490,6 @@ fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
     Ok(out)
 }
 
-/// Parses `night,wh,quality,flags|…` as packed by [`Store::save_round`] (the detail,
-/// rarely set, is read apart).
-fn unpack_nights(packed: &str) -> Result<Vec<NightRow>, StoreError> {
-    let corrupt = || StoreError::Corrupt("nights");
-    let mut out = Vec::with_capacity(packed.len() / 32 + 1);
-    for item in packed.split('|') {
-        let mut f = item.splitn(4, ',');
-        let mut next = || f.next().ok_or_else(corrupt);
-        let night = next()?.to_string();
-        let wh = next()?.parse().map_err(|_| corrupt())?;
-        let quality = next()?.to_string();
-        let flags = serde_json::from_str(next()?).map_err(|_| StoreError::Corrupt("flags"))?;
-        out.push(NightRow {
-            night,
-            wh,
-            quality,
-            flags,
-            detail: String::new(),
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,19 +663,5 @@ mod tests {
             from_night: None,
             state: None,
         }
-    }
-
-    #[test]
-    fn unpacks_nights_with_flags_holding_commas() {
-        let got = unpack_nights(r#"2025-11-01,12345,actual,[]|2025-11-02,0,missing,["a_b","c"]"#)
-            .unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(
-            (got[1].night.as_str(), got[1].wh, got[1].quality.as_str()),
-            ("2025-11-02", 0, "missing")
-        );
-        assert_eq!(got[1].flags, vec!["a_b".to_string(), "c".into()]);
-        assert!(unpack_nights("2025-11-01,x,actual,[]").is_err());
-        assert!(unpack_nights("2025-11-01,1,actual,[").is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! `(subject, night, revision)` are unique, so enqueueing the same batch twice stores it
 //! once; a row is never deleted, `delivered` is set once the platform took it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
@@ -113,31 +113,44 @@ impl Store {
     /// Stored nights from `from` to `to` (inclusive, `YYYY-MM-DD`) with each household's
     /// place, by night then household.
     pub async fn feed_nights(&self, from: &str, to: &str) -> Result<Vec<FeedNight>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT n.household, n.night, n.season, n.wh, n.quality, n.flags, h.district, h.town, h.village
-             FROM nights n JOIN households h ON h.id = n.household
-             WHERE n.night >= $1 AND n.night <= $2 ORDER BY n.night, n.household",
+        // A night of year Y lies in a season whose first year is Y - 1 or Y.
+        let year = |d: &str| d.get(..4).and_then(|y| y.parse::<i32>().ok());
+        let (Some(y0), Some(y1)) = (year(from), year(to)) else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.pool.acquire().await?;
+        let nights = super::nights::load_seasons(
+            &mut conn,
+            super::nights::Seasons::FirstYears(y0.saturating_sub(1), y1),
         )
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FeedNight {
-                    household: r.get(0),
-                    night: r.get(1),
-                    season: r.get(2),
-                    wh: r.get(3),
-                    quality: r.get(4),
-                    flags: serde_json::from_str(r.get::<&str, _>(5))
-                        .map_err(|_| StoreError::Corrupt("nights.flags"))?,
-                    district: r.get(6),
-                    town: r.get(7),
-                    village: r.get(8),
+        let mut places: HashMap<String, (String, String, String)> = HashMap::new();
+        for r in sqlx::query("SELECT id, district, town, village FROM households")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            places.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
+        }
+        let mut out: Vec<FeedNight> = nights
+            .into_iter()
+            .filter(|(_, _, n)| n.night.as_str() >= from && n.night.as_str() <= to)
+            .filter_map(|(household, season, n)| {
+                let (district, town, village) = places.get(&household)?.clone();
+                Some(FeedNight {
+                    household,
+                    night: n.night,
+                    season,
+                    wh: n.wh,
+                    quality: n.quality,
+                    flags: n.flags,
+                    district,
+                    town,
+                    village,
                 })
             })
-            .collect()
+            .collect();
+        out.sort_unstable_by(|a, b| (&a.night, &a.household).cmp(&(&b.night, &b.household)));
+        Ok(out)
     }
 
     /// The newest revision of every (subject, night) with a night from `from` to `to`.

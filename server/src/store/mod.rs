@@ -26,6 +26,7 @@ mod held;
 mod ingest;
 pub mod lease;
 pub mod monitor;
+mod nights;
 mod registry;
 mod results;
 mod sink;
@@ -166,10 +167,12 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self {
+        let store = Self {
             pool,
             backend: Backend::Sqlite,
-        })
+        };
+        store.convert_legacy_nights().await?;
+        Ok(store)
     }
 
     async fn open_postgres(url: &str) -> Result<Self, StoreError> {
@@ -192,10 +195,26 @@ impl Store {
                  with `createdb --locale=C --template=template0` (docs/scale.md)"
             );
         }
-        Ok(Self {
+        let store = Self {
             pool,
             backend: Backend::Postgres,
-        })
+        };
+        store.convert_legacy_nights().await?;
+        Ok(store)
+    }
+
+    /// Moves nights a store kept a row each (before migration 0009) into the packed form.
+    async fn convert_legacy_nights(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin_write(WriteLock::Figures).await?;
+        let moved = nights::convert_legacy(&mut tx, self.backend).await?;
+        tx.commit().await?;
+        if moved > 0 {
+            tracing::info!(
+                nights = moved,
+                "stored nights moved to one packed row per household and season"
+            );
+        }
+        Ok(())
     }
 
     /// The database behind this store.

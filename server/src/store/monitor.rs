@@ -332,18 +332,19 @@ impl Store {
         season: &str,
         from: &str,
     ) -> Result<Vec<(String, String, i64, String, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT household, night, wh, quality, flags, detail FROM nights
-             WHERE season = $1 AND night >= $2 ORDER BY household, night",
-        )
-        .bind(season)
-        .bind(from)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
+        let mut conn = self.pool.acquire().await?;
+        let nights =
+            super::nights::load_seasons(&mut conn, super::nights::Seasons::Named(season)).await?;
+        let mut out: Vec<_> = nights
             .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-            .collect())
+            .filter(|(_, _, n)| n.night.as_str() >= from)
+            .map(|(hh, _, n)| {
+                let flags = super::results::flags_json(&n.flags);
+                (hh, n.night, n.wh, n.quality, flags, n.detail)
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
     }
 
     /// Open alarms: key → reason.

@@ -393,24 +393,9 @@ impl Store {
 
     /// The stored nights of a household in a season, in order.
     pub async fn nights(&self, household: &str, season: &str) -> Result<Vec<NightRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT night, wh, quality, flags, detail FROM nights WHERE household = $1 AND season = $2 ORDER BY night",
-        )
-        .bind(household)
-        .bind(season)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(NightRow {
-                    night: r.get(0),
-                    wh: r.get(1),
-                    quality: r.get(2),
-                    flags: flags_from(r.get::<&str, _>(3))?,
-                    detail: r.get(4),
-                })
-            })
-            .collect()
+        let mut conn = self.pool.acquire().await?;
+        let mut got = super::nights::load(&mut conn, self.backend, season, &[household]).await?;
+        Ok(got.remove(household).unwrap_or_default())
     }
 }
 
@@ -444,32 +429,17 @@ async fn save_one(
     gen: Option<i64>,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM nights WHERE household = $1 AND season = $2")
-        .bind(&statement.household)
-        .bind(&statement.season)
-        .execute(&mut **tx)
-        .await?;
     // Figures saved without a resume state: the next recompute of the pair is whole.
     sqlx::query("DELETE FROM season_state WHERE household = $1 AND season = $2")
         .bind(&statement.household)
         .bind(&statement.season)
         .execute(&mut **tx)
         .await?;
-    for n in nights {
-        sqlx::query(
-                "INSERT INTO nights (household, night, season, wh, quality, flags, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (household, night) DO UPDATE SET season = excluded.season, wh = excluded.wh,
-                   quality = excluded.quality, flags = excluded.flags, detail = excluded.detail",
-            )
-            .bind(&statement.household)
-            .bind(&n.night)
-            .bind(&statement.season)
-            .bind(n.wh)
-            .bind(&n.quality)
-            .bind(flags_json(&n.flags))
-            .bind(&n.detail)
-            .execute(&mut **tx)
-            .await?;
-    }
+    let pair = super::nights::PairNights {
+        household: &statement.household,
+        season: &statement.season,
+        nights: nights.iter().collect(),
+    };
+    super::nights::save(tx, backend, &[pair]).await?;
     super::bulk::save_statements(tx, backend, &[(statement, gen)], now).await
 }

@@ -286,30 +286,41 @@ impl Store {
         household: &str,
         season: &str,
     ) -> Result<Vec<SinkNight>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT n.household, n.night, n.season, n.wh, n.quality,
-                    COALESCE(h.district, ''), COALESCE(h.village, '')
-             FROM nights n
-             LEFT JOIN households h ON h.id = n.household
-             LEFT JOIN sink_nights s ON s.household = n.household AND s.night = n.night
-             WHERE n.household = $1 AND n.season = $2
-               AND (s.household IS NULL OR s.wh <> n.wh OR s.quality <> n.quality)
-             ORDER BY n.night",
+        let mut conn = self.pool.acquire().await?;
+        let nights = super::nights::load(&mut conn, self.backend, season, &[household])
+            .await?
+            .remove(household)
+            .unwrap_or_default();
+        if nights.is_empty() {
+            return Ok(Vec::new());
+        }
+        let place = sqlx::query(
+            "SELECT COALESCE(district, ''), COALESCE(village, '') FROM households WHERE id = $1",
         )
         .bind(household)
-        .bind(season)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+        .unwrap_or_default();
+        let mut sent: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        for r in sqlx::query("SELECT night, wh, quality FROM sink_nights WHERE household = $1")
+            .bind(household)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            sent.insert(r.get(0), (r.get(1), r.get(2)));
+        }
+        Ok(nights
             .into_iter()
-            .map(|r| SinkNight {
-                household: r.get(0),
-                night: r.get(1),
-                season: r.get(2),
-                wh: r.get(3),
-                quality: r.get(4),
-                district: r.get(5),
-                village: r.get(6),
+            .filter(|n| sent.get(&n.night) != Some(&(n.wh, n.quality.clone())))
+            .map(|n| SinkNight {
+                household: household.to_string(),
+                night: n.night,
+                season: season.to_string(),
+                wh: n.wh,
+                quality: n.quality,
+                district: place.0.clone(),
+                village: place.1.clone(),
             })
             .collect())
     }
