@@ -61,6 +61,20 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The recompute rounds' time so far by phase (read, compute, save), µs.
+fn phases() -> [u64; 3] {
+    let r = &recompute::ROUND_MICROS;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    [l(&r.read), l(&r.compute), l(&r.save)]
+}
+
+/// The phases' time since `before`, as `r / c / s` seconds.
+fn since(before: [u64; 3]) -> String {
+    let now = phases();
+    let s = |i: usize| (now[i] - before[i]) as f64 / 1e6;
+    format!("{:.2} / {:.2} / {:.2} s", s(0), s(1), s(2))
+}
+
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -187,16 +201,19 @@ fn main() {
             reset_peak_rss();
             let before = peak_rss_kib();
             let mut engine = Engine::new(Policy::beijing_2018());
+            let phases0 = phases();
             let t = Instant::now();
             let done = recompute::drain(&store, &mut engine, LAST_OPEN)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             let cold = t.elapsed().as_secs_f64();
             let cold_peak = peak_rss_kib();
+            let cold_phases = since(phases0);
             assert_eq!(done as i64, n, "pairs recomputed");
             // Warm: the last night closes, every household is dirty, one night is new.
             fill(&url, n, NIGHTS - 1..NIGHTS, false).await;
             let resumed0 = recompute::RESUMED_PAIRS.load(std::sync::atomic::Ordering::Relaxed);
+            let phases0 = phases();
             reset_peak_rss();
             let t = Instant::now();
             let done = recompute::drain(&store, &mut engine, NOW)
@@ -204,6 +221,7 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{e}"));
             let warm = t.elapsed().as_secs_f64();
             let warm_peak = peak_rss_kib();
+            let warm_phases = since(phases0);
             assert_eq!(done as i64, n, "pairs recomputed");
             for h in [0, n / 2, n - 1] {
                 let s = store
@@ -231,6 +249,7 @@ fn main() {
                 recompute::RESUMED_PAIRS.load(std::sync::atomic::Ordering::Relaxed) - resumed0,
                 before as f64 / 1024.0
             );
+            println!("{:>8}  rounds' time, read / compute / save: cold {cold_phases}; night close {warm_phases}", "");
             store.close().await;
         }
     });

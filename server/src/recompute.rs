@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qingnuan_shared::calendar::{BoundaryKind, Calendar, Night, Season};
 use qingnuan_shared::clock::SharedClock;
@@ -35,6 +35,28 @@ const ROUND: i64 = 1024;
 pub static RESUMED_PAIRS: AtomicU64 = AtomicU64::new(0);
 /// Pairs recomputed whole (no usable saved state, or a change older than it), since start.
 pub static WHOLE_PAIRS: AtomicU64 = AtomicU64::new(0);
+
+/// Where rounds spent their time since start, microseconds: reading (marks, registry,
+/// states, readings), computing, saving (`/metrics`, the recompute bench).
+pub static ROUND_MICROS: RoundMicros = RoundMicros {
+    read: AtomicU64::new(0),
+    compute: AtomicU64::new(0),
+    save: AtomicU64::new(0),
+};
+
+/// See [`ROUND_MICROS`].
+pub struct RoundMicros {
+    /// Reading what a round needs, µs.
+    pub read: AtomicU64,
+    /// The computation, µs.
+    pub compute: AtomicU64,
+    /// Saving figures, states and statements, µs.
+    pub save: AtomicU64,
+}
+
+fn add_micros(to: &AtomicU64, d: Duration) {
+    to.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+}
 
 /// Computes one household's season from the store, every night explained when `explain`;
 /// `None` for an unknown household.
@@ -285,6 +307,8 @@ pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
 /// instant its new readings start, and saved with a resume state, is recomputed only
 /// from the nights those readings can change (engine/resume.rs); any other, whole.
 pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize, StoreError> {
+    // Time spent reading and computing, each segment added as it ends.
+    let (mut t, mut read, mut compute) = (Instant::now(), Duration::ZERO, Duration::ZERO);
     let marks = store.dirty_marks(ROUND).await?;
     let mut by_season: BTreeMap<Season, Vec<&DirtyMark>> = BTreeMap::new();
     for m in &marks {
@@ -338,6 +362,8 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
         let (stored, stored_conflicts) = store
             .round_readings(&bounds, season_until(engine, season))
             .await?;
+        read += t.elapsed();
+        t = Instant::now();
         for (m, input, fp, plan) in jobs {
             if plan.is_some() {
                 resumed += 1;
@@ -355,8 +381,15 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
                 state: Some(state.to_bytes()),
             });
         }
+        compute += t.elapsed();
+        t = Instant::now();
     }
+    read += t.elapsed();
+    let t = Instant::now();
     let saved = store.save_round(&results, now).await?;
+    add_micros(&ROUND_MICROS.read, read);
+    add_micros(&ROUND_MICROS.compute, compute);
+    add_micros(&ROUND_MICROS.save, t.elapsed());
     RESUMED_PAIRS.fetch_add(resumed as u64, Relaxed);
     WHOLE_PAIRS.fetch_add(whole as u64, Relaxed);
     debug!(

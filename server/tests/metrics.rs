@@ -131,6 +131,14 @@ async fn metrics_follow_ingest_quarantine_and_the_sink_through_an_outage() {
     // The household's season was computed (a first compute is whole).
     assert!(m["qingnuan_recompute_pairs_total{mode=\"whole\"}"] >= 1);
     assert!(m.contains_key("qingnuan_recompute_pairs_total{mode=\"resumed\"}"));
+    // A round read readings and saved figures: both took some time.
+    for phase in ["read", "compute", "save"] {
+        assert!(m.contains_key(&format!(
+            "qingnuan_recompute_microseconds_total{{phase=\"{phase}\"}}"
+        )));
+    }
+    assert!(m["qingnuan_recompute_microseconds_total{phase=\"read\"}"] > 0);
+    assert!(m["qingnuan_recompute_microseconds_total{phase=\"save\"}"] > 0);
     let mut quarantined = 0;
     for (reason, n) in &quarantine {
         assert_eq!(

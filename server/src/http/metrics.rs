@@ -151,6 +151,23 @@ async fn render(app: &App) -> Result<String, ApiError> {
     ] {
         e.sample("qingnuan_recompute_pairs_total", &[("mode", mode)], n(v));
     }
+    e.family(
+        "qingnuan_recompute_microseconds_total",
+        "counter",
+        "Time recompute rounds spent, by phase: read (dirty marks, registry, saved states, readings), compute, save (figures, states, statements).",
+    );
+    let rm = &crate::recompute::ROUND_MICROS;
+    for (phase, v) in [
+        ("read", &rm.read),
+        ("compute", &rm.compute),
+        ("save", &rm.save),
+    ] {
+        e.sample(
+            "qingnuan_recompute_microseconds_total",
+            &[("phase", phase)],
+            n(v),
+        );
+    }
 
     e.family(
         "qingnuan_quarantine_rows",
