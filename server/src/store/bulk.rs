@@ -48,6 +48,10 @@ pub struct SaveSummary {
     pub nights_removed: u64,
     /// Night rows already stored exactly as computed (not rewritten).
     pub nights_unchanged: u64,
+    /// Statements written (new or changed); the others were stored exactly as computed.
+    pub statements_written: u64,
+    /// Resume states written or removed; the others were stored exactly as computed.
+    pub states_written: u64,
     /// Pairs not saved because their dirty mark moved on or was cleared since it was read
     /// (another replica saved newer figures, or will): PostgreSQL only.
     pub stale: u64,
@@ -297,10 +301,79 @@ impl Store {
             });
         }
         super::nights::save(&mut tx, self.backend, &write).await?;
-        for chunk in items.chunks(IDS / 2) {
-            let rows: Vec<_> = chunk.iter().map(|p| (&p.statement, p.gen)).collect();
-            save_statements(&mut tx, self.backend, &rows, now).await?;
+        // Statements and resume states are written only where they changed: readings that
+        // change no listed night (most of a live night's) leave both as they are, and the
+        // round only clears its marks.
+        let (mut statements, mut states) = (HashMap::new(), HashMap::new());
+        for (season, households) in &by_season {
+            for ids in households.chunks(IDS) {
+                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                    self.backend,
+                    format!("{} WHERE s.season = ", super::results::STATEMENT_SELECT),
+                );
+                qb.push_bind(*season).push(" AND s.household IN ");
+                qb.push_tuples(ids, |mut b, id| {
+                    b.push_bind(*id);
+                });
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let st = super::results::statement_row(&r)?;
+                    statements.insert((st.household.clone(), st.season.clone()), st);
+                }
+                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+                    self.backend,
+                    "SELECT household, season, state FROM season_state WHERE season = ",
+                );
+                qb.push_bind(*season).push(" AND household IN ");
+                qb.push_tuples(ids, |mut b, id| {
+                    b.push_bind(*id);
+                });
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    states.insert(
+                        (r.get::<String, _>(0), r.get::<String, _>(1)),
+                        r.get::<Vec<u8>, _>(2),
+                    );
+                }
+            }
+        }
+        let key = |p: &SavedPair| (p.statement.household.clone(), p.statement.season.clone());
+        // A pair whose nights changed rewrites its statement too, even an equal one: the
+        // sink learns of changed nights from statement writes (its trigger).
+        let nights_changed: std::collections::HashSet<(&str, &str)> =
+            write.iter().map(|w| (w.household, w.season)).collect();
+        let new_statements: Vec<&StatementRow> = items
+            .iter()
+            .filter(|p| {
+                statements.get(&key(p)) != Some(&p.statement)
+                    || nights_changed
+                        .contains(&(p.statement.household.as_str(), p.statement.season.as_str()))
+            })
+            .map(|p| &p.statement)
+            .collect();
+        let new_states: Vec<&SavedPair> = items
+            .iter()
+            .copied()
+            .filter(|p| states.get(&key(p)) != p.state.as_ref())
+            .collect();
+        sum.statements_written = new_statements.len() as u64;
+        sum.states_written = new_states.len() as u64;
+        for chunk in new_statements.chunks(IDS / 2) {
+            upsert_statements(&mut tx, self.backend, chunk, now).await?;
+        }
+        for chunk in new_states.chunks(IDS / 2) {
             save_states(&mut tx, self.backend, chunk).await?;
+        }
+        let marks: Vec<_> = items
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.statement.household.as_str(),
+                    p.statement.season.as_str(),
+                    p.gen?,
+                ))
+            })
+            .collect();
+        for chunk in marks.chunks(IDS / 2) {
+            clear_marks(&mut tx, self.backend, chunk).await?;
         }
         tx.commit().await?;
         Ok(sum)
@@ -402,19 +475,38 @@ pub(super) async fn fresh<'i, T>(
 }
 
 /// Upserts statements (computed at `now`) and clears each dirty mark still at the
-/// generation given; the one place that writes `statements`.
+/// generation given; what [`Store::save_season`] writes.
 pub(super) async fn save_statements(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
     items: &[(&StatementRow, Option<i64>)],
     now: i64,
 ) -> Result<(), StoreError> {
+    let rows: Vec<&StatementRow> = items.iter().map(|(s, _)| *s).collect();
+    upsert_statements(tx, backend, &rows, now).await?;
+    let marks: Vec<_> = items
+        .iter()
+        .filter_map(|(s, gen)| Some((s.household.as_str(), s.season.as_str(), (*gen)?)))
+        .collect();
+    clear_marks(tx, backend, &marks).await
+}
+
+/// Upserts statements computed at `now`; the one place that writes `statements`.
+async fn upsert_statements(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    items: &[&StatementRow],
+    now: i64,
+) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let mut qb: QueryBuilder<'_> = QueryBuilder::new(
         backend,
         "INSERT INTO statements (household, season, offpeak_wh, subsidised_wh, cap_wh, cap_reached_on, city_fen,
            district_fen, valley_charge_fen, nights_actual, nights_estimated, nights_missing, flags, computed_at) ",
     );
-    qb.push_values(items, |mut b, (s, _)| {
+    qb.push_values(items, |mut b, s| {
         b.push_bind(&s.household)
             .push_bind(&s.season)
             .push_bind(s.offpeak_wh)
@@ -439,10 +531,16 @@ pub(super) async fn save_statements(
            flags = excluded.flags, computed_at = excluded.computed_at",
     );
     qb.build().execute(&mut **tx).await?;
-    let marks: Vec<_> = items
-        .iter()
-        .filter_map(|(s, gen)| gen.map(|g| (&s.household, &s.season, g)))
-        .collect();
+    Ok(())
+}
+
+/// Clears each (household, season) dirty mark still at the generation given (a newer
+/// mark survives).
+async fn clear_marks(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    marks: &[(&str, &str, i64)],
+) -> Result<(), StoreError> {
     if marks.is_empty() {
         return Ok(());
     }
@@ -453,11 +551,11 @@ pub(super) async fn save_statements(
     let mut sep = qb.separated(", ");
     for (hh, season, gen) in marks {
         sep.push("(")
-            .push_bind_unseparated(hh.as_str())
+            .push_bind_unseparated(*hh)
             .push_unseparated(", ")
-            .push_bind_unseparated(season.as_str())
+            .push_bind_unseparated(*season)
             .push_unseparated(", ")
-            .push_bind_unseparated(gen)
+            .push_bind_unseparated(*gen)
             .push_unseparated(")");
     }
     qb.push(")");
@@ -579,6 +677,8 @@ mod tests {
                 nights_written: 2,
                 nights_removed: 1,
                 nights_unchanged: 1,
+                statements_written: 2,
+                states_written: 0,
                 stale: 0,
             }
         );
@@ -592,6 +692,7 @@ mod tests {
         // The same figures again: nothing is rewritten.
         let sum = store.save_round(&second, 3).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
+        assert_eq!((sum.statements_written, sum.states_written), (0, 0));
         // Same figures, a reading newly set aside (the detail): that night is rewritten.
         let mut third = second.clone();
         third[0].nights[1].detail = r#"{"readings_set_aside":[{"ts":1}]}"#.into();
@@ -652,6 +753,71 @@ mod tests {
         assert_eq!(
             store.nights("hh-1", "2025-2026").await.unwrap(),
             first[0].nights
+        );
+    }
+
+    #[tokio::test]
+    async fn a_round_that_changes_nothing_still_clears_its_marks_and_keeps_newer_ones() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let mut p = pair(statement("hh-1", 30), vec![night("2025-11-01", 30, &[])]);
+        p.state = Some(vec![7, 7]);
+        store.save_round(&[p.clone()], 1).await.unwrap();
+        let season = "2025-2026".to_string();
+        for round in 0..2 {
+            store
+                .mark_dirty(&[("hh-1".into(), season.clone())])
+                .await
+                .unwrap();
+            let marks = store.dirty_marks(10).await.unwrap();
+            assert_eq!(marks.len(), 1);
+            p.gen = Some(marks[0].gen);
+            if round == 1 {
+                // A reading arrives while the round computes: its newer mark survives.
+                store
+                    .mark_dirty(&[("hh-1".into(), season.clone())])
+                    .await
+                    .unwrap();
+            }
+            let sum = store.save_round(&[p.clone()], 2).await.unwrap();
+            assert_eq!(
+                (
+                    sum.nights_written,
+                    sum.statements_written,
+                    sum.states_written
+                ),
+                (0, 0, 0)
+            );
+            assert_eq!(store.dirty_count().await.unwrap(), round, "round {round}");
+        }
+        // A changed state alone is written.
+        p.state = Some(vec![7, 8]);
+        let sum = store.save_round(&[p.clone()], 3).await.unwrap();
+        assert_eq!((sum.statements_written, sum.states_written), (0, 1));
+        let states = store
+            .season_states(&season, &["hh-1".into()])
+            .await
+            .unwrap();
+        assert_eq!(states.get("hh-1"), Some(&vec![7, 8]));
+        // A changed night under an equal statement still tells the sink (through the
+        // statement's write) that the pair's nights moved.
+        store.sink_enable(0).await.unwrap();
+        let queued = |v: Vec<(String, String, i64)>| {
+            v.into_iter().map(|(h, s, _)| (h, s)).collect::<Vec<_>>()
+        };
+        // Enabling queues every stored statement once; export it (nothing to write).
+        for (h, s, gen) in store.sink_seasons(10).await.unwrap() {
+            store
+                .sink_ack_nights(&h, &s, gen, &[], false)
+                .await
+                .unwrap();
+        }
+        assert!(queued(store.sink_seasons(10).await.unwrap()).is_empty());
+        p.nights[0].quality = "estimated".into();
+        let sum = store.save_round(&[p.clone()], 4).await.unwrap();
+        assert_eq!((sum.nights_written, sum.statements_written), (1, 1));
+        assert_eq!(
+            queued(store.sink_seasons(10).await.unwrap()),
+            [("hh-1".to_string(), season)]
         );
     }
 

@@ -399,11 +399,11 @@ impl Store {
     }
 }
 
-const STATEMENT_SELECT: &str = "SELECT s.household, s.season, s.offpeak_wh, s.subsidised_wh, s.cap_wh, s.cap_reached_on,
+pub(super) const STATEMENT_SELECT: &str = "SELECT s.household, s.season, s.offpeak_wh, s.subsidised_wh, s.cap_wh, s.cap_reached_on,
     s.city_fen, s.district_fen, s.valley_charge_fen, s.nights_actual, s.nights_estimated, s.nights_missing, s.flags
     FROM statements s";
 
-fn statement_row(r: &sqlx::any::AnyRow) -> Result<StatementRow, StoreError> {
+pub(super) fn statement_row(r: &sqlx::any::AnyRow) -> Result<StatementRow, StoreError> {
     Ok(StatementRow {
         household: r.get(0),
         season: r.get(1),
