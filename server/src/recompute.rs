@@ -373,12 +373,14 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
             let data = engine_readings(&input, &stored, &stored_conflicts);
             let (statement, nights, from, state) =
                 compute_pair(engine, &frame, &input, fp, &data, plan);
+            let state = state.to_bytes();
             results.push(SavedPair {
                 statement,
                 nights,
                 gen: Some(m.gen),
                 from_night: from.map(|n| n.to_string()),
-                state: Some(state.to_bytes()),
+                state_stored: states.get(&m.household) == Some(&state),
+                state: Some(state),
             });
         }
         compute += t.elapsed();

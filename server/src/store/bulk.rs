@@ -37,6 +37,8 @@ pub struct SavedPair {
     pub from_night: Option<String>,
     /// The resume state to save with the figures (`None`: remove any saved one).
     pub state: Option<Vec<u8>>,
+    /// The stored resume state is known to equal `state` (the round read it): not rewritten.
+    pub state_stored: bool,
 }
 
 /// What a bulk save wrote.
@@ -301,10 +303,10 @@ impl Store {
             });
         }
         super::nights::save(&mut tx, self.backend, &write).await?;
-        // Statements and resume states are written only where they changed: readings that
-        // change no listed night (most of a live night's) leave both as they are, and the
-        // round only clears its marks.
-        let (mut statements, mut states) = (HashMap::new(), HashMap::new());
+        // Statements and resume states are written only where they changed (the round
+        // compared the states it read): readings that change no listed night leave the
+        // statement as it is, and the round may only clear its marks.
+        let mut statements = HashMap::new();
         for (season, households) in &by_season {
             for ids in households.chunks(IDS) {
                 let mut qb: QueryBuilder<'_> = QueryBuilder::new(
@@ -318,20 +320,6 @@ impl Store {
                 for r in qb.build().fetch_all(&mut *tx).await? {
                     let st = super::results::statement_row(&r)?;
                     statements.insert((st.household.clone(), st.season.clone()), st);
-                }
-                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                    self.backend,
-                    "SELECT household, season, state FROM season_state WHERE season = ",
-                );
-                qb.push_bind(*season).push(" AND household IN ");
-                qb.push_tuples(ids, |mut b, id| {
-                    b.push_bind(*id);
-                });
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    states.insert(
-                        (r.get::<String, _>(0), r.get::<String, _>(1)),
-                        r.get::<Vec<u8>, _>(2),
-                    );
                 }
             }
         }
@@ -349,11 +337,8 @@ impl Store {
             })
             .map(|p| &p.statement)
             .collect();
-        let new_states: Vec<&SavedPair> = items
-            .iter()
-            .copied()
-            .filter(|p| states.get(&key(p)) != p.state.as_ref())
-            .collect();
+        let new_states: Vec<&SavedPair> =
+            items.iter().copied().filter(|p| !p.state_stored).collect();
         sum.statements_written = new_statements.len() as u64;
         sum.states_written = new_states.len() as u64;
         for chunk in new_statements.chunks(IDS / 2) {
@@ -678,7 +663,7 @@ mod tests {
                 nights_removed: 1,
                 nights_unchanged: 1,
                 statements_written: 2,
-                states_written: 0,
+                states_written: 2,
                 stale: 0,
             }
         );
@@ -692,7 +677,7 @@ mod tests {
         // The same figures again: nothing is rewritten.
         let sum = store.save_round(&second, 3).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
-        assert_eq!((sum.statements_written, sum.states_written), (0, 0));
+        assert_eq!((sum.statements_written, sum.states_written), (0, 2));
         // Same figures, a reading newly set aside (the detail): that night is rewritten.
         let mut third = second.clone();
         third[0].nights[1].detail = r#"{"readings_set_aside":[{"ts":1}]}"#.into();
@@ -762,6 +747,8 @@ mod tests {
         let mut p = pair(statement("hh-1", 30), vec![night("2025-11-01", 30, &[])]);
         p.state = Some(vec![7, 7]);
         store.save_round(&[p.clone()], 1).await.unwrap();
+        // From here the round knows the stored state equals its own.
+        p.state_stored = true;
         let season = "2025-2026".to_string();
         for round in 0..2 {
             store
@@ -791,6 +778,7 @@ mod tests {
         }
         // A changed state alone is written.
         p.state = Some(vec![7, 8]);
+        p.state_stored = false;
         let sum = store.save_round(&[p.clone()], 3).await.unwrap();
         assert_eq!((sum.statements_written, sum.states_written), (0, 1));
         let states = store
@@ -828,6 +816,7 @@ mod tests {
             gen: None,
             from_night: None,
             state: None,
+            state_stored: false,
         }
     }
 }
