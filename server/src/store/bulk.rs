@@ -145,7 +145,7 @@ impl Store {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                 self.backend,
                 "SELECT meter, string_agg(CAST(ts AS TEXT) || ',' || CAST(e_wh AS TEXT) || ',' || \
-                 COALESCE(CAST(e_valley_wh AS TEXT), ''), ';' ORDER BY ts) FROM readings WHERE meter IN ",
+                 COALESCE(CAST(e_valley_wh AS TEXT), ''), ';') FROM readings WHERE meter IN ",
             );
             qb.push_tuples(ids, |mut b, id| {
                 b.push_bind(*id);
@@ -163,7 +163,7 @@ impl Store {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                 self.backend,
                 "SELECT r.meter, string_agg(CAST(r.ts AS TEXT) || ',' || CAST(r.e_wh AS TEXT) || ',' || \
-                 COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';' ORDER BY r.ts) FROM (VALUES ",
+                 COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';') FROM (VALUES ",
             );
             let mut sep = qb.separated(", ");
             for (m, lo) in chunk {
@@ -549,7 +549,7 @@ async fn clear_marks(
 }
 
 /// Parses `ts,e_wh,e_valley_wh;…` (an empty valley field: none) as packed by
-/// [`Store::round_readings`].
+/// [`Store::round_readings`], in time order.
 fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
     let corrupt = || StoreError::Corrupt("readings");
     let mut out = Vec::with_capacity(packed.len() / 24 + 1);
@@ -569,6 +569,11 @@ fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
             e_wh,
             e_valley_wh,
         });
+    }
+    // The aggregate is not asked to order (an ORDER BY inside it makes SQLite sort every
+    // group although the key already yields it in order): order here, a check when sorted.
+    if !out.is_sorted_by_key(|r| r.ts) {
+        out.sort_unstable_by_key(|r| r.ts);
     }
     Ok(out)
 }
@@ -598,6 +603,12 @@ mod tests {
         for bad in ["", "1", "1,x,", "1,2", ",2,3"] {
             assert!(unpack(bad).is_err(), "{bad:?}");
         }
+        // Whatever order the database aggregated them in, they come back in time order.
+        let got = unpack("1761955200,1020000,-5;1761912000,1000000,").unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            [1_761_912_000, 1_761_955_200]
+        );
     }
 
     fn night(night: &str, wh: i64, flags: &[&str]) -> NightRow {
