@@ -7,6 +7,8 @@
 //! (through ingest it would take longer than the measurement); the figures are then
 //! checked against the closed form of the synthetic registers, so a fast wrong answer fails.
 //! `BENCH_STORE=postgres`: the same on a PostgreSQL server the bench starts (fsync on).
+//! The readings of closed chunks are packed first, as the running server does while the
+//! season goes on (store/packs.rs; timed apart); `BENCH_PACK=0` skips that.
 
 #[path = "../tests/pg_support/mod.rs"]
 mod pg_support;
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use qingnuan_server::engine::Engine;
 use qingnuan_server::recompute;
-use qingnuan_server::store::Store;
+use qingnuan_server::store::{packs, Store};
 use qingnuan_shared::policy::Policy;
 use qingnuan_shared::units::div_round_half_up;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -198,6 +200,21 @@ fn main() {
             let t = Instant::now();
             fill(&url, n, 0..NIGHTS - 1, true).await;
             let filled = t.elapsed().as_secs_f64();
+            // What the running server's idle packing has done by then (a chunk at a time,
+            // two days after each closes): BENCH_PACK=0 leaves every reading to the table.
+            if std::env::var("BENCH_PACK").as_deref() != Ok("0") {
+                let t = Instant::now();
+                let s = store
+                    .pack_all(packs::horizon_at(LAST_OPEN))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                println!(
+                    "{n:>8} households: {} readings packed into {} packs in {:.2} s (done a chunk at a time while the season runs)",
+                    s.readings,
+                    s.packs,
+                    t.elapsed().as_secs_f64()
+                );
+            }
             reset_peak_rss();
             let before = peak_rss_kib();
             let mut engine = Engine::new(Policy::beijing_2018());

@@ -22,6 +22,7 @@ use crate::engine::{
     explain_judgement, explain_night, BoundaryValue, EdgeKind, Engine, HouseholdInput,
     HouseholdSeason, MeterSpan, RawReading, SeasonFrame, Seed, UsedReading,
 };
+use crate::store::packs;
 use crate::store::{
     DirtyMark, HouseholdRow, MeterRow, NightRow, SavedPair, StatementRow, Store, StoreError,
     StoredReading, CLAIM_S,
@@ -420,6 +421,7 @@ pub async fn run(
         warn!(error = %e, "marking nights closed while down failed");
     }
     let mut next_close = next_close_after(&engine, clock.now());
+    let mut packer = Packer::default();
     loop {
         let now = clock.now();
         if next_close.is_some_and(|(t, _)| now >= t) {
@@ -437,7 +439,15 @@ pub async fn run(
                 tokio::task::yield_now().await;
                 continue;
             }
-            Ok(_) => {}
+            // Idle: pack a little of the readings (store/packs.rs); go on while there is more.
+            Ok(_) => match packer.pass(&store, now).await {
+                Ok(true) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "packing readings failed; retrying"),
+            },
             Err(e) => warn!(error = %e, "recompute failed; retrying"),
         }
         let wait = next_close
@@ -449,6 +459,54 @@ pub async fn run(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Packs readings while recompute is idle, a pass at a time: sweeps the meters in byte
+/// order; after a sweep that found nothing to do, rests until the horizon moves (a chunk
+/// closes) or ten minutes have passed (new meters, late readings that dropped packs).
+#[derive(Default)]
+struct Packer {
+    /// The last meter of the sweep so far.
+    after: Option<String>,
+    /// Meters moved on in the sweep so far.
+    moved: u64,
+    /// The horizon of the last pass.
+    horizon: i64,
+    /// No sweep before this.
+    rest: Option<Instant>,
+}
+
+impl Packer {
+    /// One pass if one is due; whether it did something.
+    async fn pass(&mut self, store: &Store, now: i64) -> Result<bool, StoreError> {
+        let horizon = packs::horizon_at(now);
+        if horizon != self.horizon {
+            (self.horizon, self.rest) = (horizon, None);
+        }
+        if self.rest.is_some_and(|t| Instant::now() < t) {
+            return Ok(false);
+        }
+        let s = store.pack_readings(horizon, self.after.as_deref()).await?;
+        self.moved += s.meters;
+        if s.meters > 0 {
+            debug!(
+                meters = s.meters,
+                readings = s.readings,
+                packs = s.packs,
+                "readings packed"
+            );
+        }
+        match s.last {
+            Some(m) => self.after = Some(m),
+            None => {
+                if self.moved == 0 {
+                    self.rest = Some(Instant::now() + Duration::from_secs(600));
+                }
+                (self.after, self.moved) = (None, 0);
+            }
+        }
+        Ok(s.meters > 0)
     }
 }
 

@@ -13,6 +13,7 @@ use qingnuan_server::engine::Engine;
 use qingnuan_server::monitor::{AlarmKind, Changes, Finding, Monitor, MonitorConfig, Subject};
 use qingnuan_server::store::feed::NewBatch;
 use qingnuan_server::store::monitor::{AlarmFilter, AlarmRow};
+use qingnuan_server::store::packs;
 use qingnuan_server::store::{
     HeldReading, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate, Store,
 };
@@ -442,6 +443,33 @@ async fn exercise(store: &Store) -> String {
     let _ = writeln!(out, "held_bound {}", store.held_bound(1).await.unwrap());
     let _ = writeln!(out, "held_bound {}", store.held_bound(0).await.unwrap());
     let _ = writeln!(out, "held {:?}", store.held_counts().await.unwrap());
+    // Reading packs: everything packed, then a late reading falls into m1's pack.
+    let top = packs::chunk_start(packs::chunk_of(NOW) + 1);
+    let _ = writeln!(out, "pack_all {:?}", store.pack_all(top).await.unwrap());
+    let _ = writeln!(out, "pack_counts {:?}", store.pack_counts().await.unwrap());
+    let mut late = all[1].clone();
+    late.ts += 1;
+    let tx = IngestTx {
+        readings: vec![late.clone()],
+        received: NOW,
+        ..Default::default()
+    };
+    let _ = writeln!(
+        out,
+        "late {:?}",
+        store.commit_ingest(&tx, mark).await.unwrap()
+    );
+    for _ in 0..2 {
+        let _ = writeln!(out, "pack_counts {:?}", store.pack_counts().await.unwrap());
+        let (got, _) = store
+            .round_readings(&[(late.meter.clone(), None)], NOW)
+            .await
+            .unwrap();
+        let table = store.readings_of(&late.meter, NOW).await.unwrap();
+        assert_eq!(got[&late.meter], table);
+        let _ = writeln!(out, "round {} = {}", got[&late.meter].len(), table.len());
+        let _ = writeln!(out, "pack_all {:?}", store.pack_all(top).await.unwrap());
+    }
     out.push_str(&dump(store, 6).await);
     out
 }
@@ -454,10 +482,10 @@ async fn every_store_call_answers_the_same_on_both_backends() {
     let on_pg = exercise(&Store::open(&pg_url).await.unwrap()).await;
     // The run did what it says (so equal answers are not two empty ones).
     for want in [
-        "commit CommitSummary { new_readings: 1152, repeats: 0, conflicts: 0, quarantined: 2, dirty: 3 }",
-        "again CommitSummary { new_readings: 0, repeats: 1152, conflicts: 0, quarantined: 0, dirty: 0 }",
+        "commit CommitSummary { new_readings: 1152, repeats: 0, conflicts: 0, quarantined: 2, dirty: 3, packs_invalidated: 0 }",
+        "again CommitSummary { new_readings: 0, repeats: 1152, conflicts: 0, quarantined: 0, dirty: 0, packs_invalidated: 0 }",
         // A conflict flags the nights resting on its instant: its pair is marked.
-        "conflict CommitSummary { new_readings: 0, repeats: 1, conflicts: 1, quarantined: 0, dirty: 1 }",
+        "conflict CommitSummary { new_readings: 0, repeats: 1, conflicts: 1, quarantined: 0, dirty: 1, packs_invalidated: 0 }",
         "sink_enable true",
         "enqueue 2\n",
         "enqueue 0\n",
@@ -467,6 +495,10 @@ async fn every_store_call_answers_the_same_on_both_backends() {
         "replay ReplaySummary { admitted: 2, new_readings: 2, still_held: 1 }",
         "held [(\"unbound_meter\", 1)]",
         "held_bound 0\nheld_bound 1\nheld []",
+        "pack_counts (7, 5)\n",
+        "late CommitSummary { new_readings: 1, repeats: 0, conflicts: 0, quarantined: 0, dirty: 1, packs_invalidated: 1 }",
+        "pack_counts (7, 4)\nround 385 = 385\n",
+        "pack_counts (7, 5)\nround 385 = 385\n",
     ] {
         assert!(on_sqlite.contains(want), "{want:?} not in\n{on_sqlite}");
     }

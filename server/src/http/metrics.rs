@@ -168,6 +168,26 @@ async fn render(app: &App) -> Result<String, ApiError> {
             n(v),
         );
     }
+    e.family(
+        "qingnuan_packed_readings_total",
+        "counter",
+        "Readings packed into reading packs (store/packs.rs: a closed 16-day chunk of a meter as one row, what recompute rounds read).",
+    );
+    e.sample(
+        "qingnuan_packed_readings_total",
+        &[],
+        n(&crate::store::packs::PACKED_READINGS),
+    );
+    e.family(
+        "qingnuan_pack_invalidations_total",
+        "counter",
+        "Meters whose reading packs a late reading fell into: the packs from its chunk on were dropped and are packed again.",
+    );
+    e.sample(
+        "qingnuan_pack_invalidations_total",
+        &[],
+        n(&crate::store::packs::INVALIDATED_METERS),
+    );
 
     e.family(
         "qingnuan_quarantine_rows",

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::{Any, Row, Transaction};
 
+use super::packs;
 use super::sql::QueryBuilder;
 
 use super::{
@@ -108,7 +109,8 @@ impl Store {
 
     /// Readings with `lower < ts < until` of each `(meter, lower)` (`None`: no lower
     /// bound; a meter listed twice gets the lower of its bounds), and every meter's
-    /// conflict instants.
+    /// conflict instants. What a meter's pack cover holds comes from its packs
+    /// (store/packs.rs), the rest from the readings table.
     #[allow(clippy::type_complexity)]
     pub async fn round_readings(
         &self,
@@ -126,65 +128,29 @@ impl Store {
             let b = bound.entry(m.as_str()).or_insert(*lower);
             *b = b.zip(*lower).map(|(a, c)| a.min(c));
         }
-        let mut all: Vec<&str> = Vec::new();
-        let mut after: Vec<(&str, i64)> = Vec::new();
-        for (m, b) in &bound {
-            match b {
-                None => all.push(m),
-                Some(lo) => after.push((m, *lo)),
-            }
-        }
-        all.sort_unstable();
-        after.sort_unstable();
-        let mut readings = HashMap::new();
-        let mut conflicts: HashMap<String, Vec<i64>> = HashMap::new();
-        let mut conn = self.pool.acquire().await?;
-        for ids in all.chunks(IDS) {
-            // One row per meter with its readings packed as text: fetching a row per
-            // reading costs microseconds each, packing is done inside the database.
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "SELECT meter, string_agg(CAST(ts AS TEXT) || ',' || CAST(e_wh AS TEXT) || ',' || \
-                 COALESCE(CAST(e_valley_wh AS TEXT), ''), ';') FROM readings WHERE meter IN ",
-            );
-            qb.push_tuples(ids, |mut b, id| {
-                b.push_bind(*id);
-            });
-            qb.push(" AND ts < ")
-                .push_bind(until)
-                .push(" GROUP BY meter");
-            for r in qb.build().fetch_all(&mut *conn).await? {
-                let packed: &str = r.get(1);
-                readings.insert(r.get(0), unpack(packed)?);
-            }
-        }
-        for chunk in after.chunks(IDS) {
-            // The same, from a lower bound per meter: a join with the list of bounds.
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "SELECT r.meter, string_agg(CAST(r.ts AS TEXT) || ',' || CAST(r.e_wh AS TEXT) || ',' || \
-                 COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';') FROM (VALUES ",
-            );
-            let mut sep = qb.separated(", ");
-            for (m, lo) in chunk {
-                sep.push("(")
-                    .push_bind_unseparated(*m)
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(*lo)
-                    .push_unseparated(")");
-            }
-            qb.push(
-                ") AS w JOIN readings r ON r.meter = w.column1 AND r.ts > w.column2 AND r.ts < ",
-            )
-            .push_bind(until)
-            .push(" GROUP BY r.meter");
-            for r in qb.build().fetch_all(&mut *conn).await? {
-                let packed: &str = r.get(1);
-                readings.insert(r.get(0), unpack(packed)?);
-            }
-        }
         let mut ids: Vec<&str> = bound.keys().copied().collect();
         ids.sort_unstable();
+        let mut conn = self.pool.acquire().await?;
+        let covers = packs::covers(&mut conn, self.backend, &ids).await?;
+        // (meter, after, before), exclusive: from the packs below the cover, from rows above.
+        let (mut packed, mut rows) = (Vec::new(), Vec::with_capacity(ids.len()));
+        for &m in &ids {
+            let lo = bound[m].unwrap_or(i64::MIN);
+            match covers.get(m) {
+                Some(&c) if lo < c.saturating_sub(1) && lo < until.saturating_sub(1) => {
+                    packed.push((m, lo, c.min(until)));
+                    rows.push((m, c.saturating_sub(1), until));
+                }
+                Some(&c) => rows.push((m, lo.max(c.saturating_sub(1)), until)),
+                None => rows.push((m, lo, until)),
+            }
+        }
+        let mut readings = packs::packed_between(&mut conn, self.backend, &packed).await?;
+        for (m, tail) in packs::rows_between(&mut conn, self.backend, &rows).await? {
+            // Packs hold ts below the cover, rows ts at or above it: appended, still ordered.
+            readings.entry(m).or_default().extend(tail);
+        }
+        let mut conflicts: HashMap<String, Vec<i64>> = HashMap::new();
         for ids in ids.chunks(IDS) {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                 self.backend,
@@ -548,68 +514,9 @@ async fn clear_marks(
     Ok(())
 }
 
-/// Parses `ts,e_wh,e_valley_wh;…` (an empty valley field: none) as packed by
-/// [`Store::round_readings`], in time order.
-fn unpack(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
-    let corrupt = || StoreError::Corrupt("readings");
-    let mut out = Vec::with_capacity(packed.len() / 24 + 1);
-    for item in packed.split(';') {
-        let mut f = item.split(',');
-        let mut int = || -> Result<Option<i64>, StoreError> {
-            match f.next().ok_or_else(corrupt)? {
-                "" => Ok(None),
-                v => v.parse().map(Some).map_err(|_| corrupt()),
-            }
-        };
-        let ts = int()?.ok_or_else(corrupt)?;
-        let e_wh = int()?.ok_or_else(corrupt)?;
-        let e_valley_wh = int()?;
-        out.push(StoredReading {
-            ts,
-            e_wh,
-            e_valley_wh,
-        });
-    }
-    // The aggregate is not asked to order (an ORDER BY inside it makes SQLite sort every
-    // group although the key already yields it in order): order here, a check when sorted.
-    if !out.is_sorted_by_key(|r| r.ts) {
-        out.sort_unstable_by_key(|r| r.ts);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unpacks_what_the_query_packs() {
-        let got = unpack("1761912000,1000000,;1761955200,1020000,-5").unwrap();
-        assert_eq!(
-            got,
-            vec![
-                StoredReading {
-                    ts: 1_761_912_000,
-                    e_wh: 1_000_000,
-                    e_valley_wh: None
-                },
-                StoredReading {
-                    ts: 1_761_955_200,
-                    e_wh: 1_020_000,
-                    e_valley_wh: Some(-5)
-                },
-            ]
-        );
-        for bad in ["", "1", "1,x,", "1,2", ",2,3"] {
-            assert!(unpack(bad).is_err(), "{bad:?}");
-        }
-        // Whatever order the database aggregated them in, they come back in time order.
-        let got = unpack("1761955200,1020000,-5;1761912000,1000000,").unwrap();
-        assert_eq!(
-            got.iter().map(|r| r.ts).collect::<Vec<_>>(),
-            [1_761_912_000, 1_761_955_200]
-        );
-    }
 
     fn night(night: &str, wh: i64, flags: &[&str]) -> NightRow {
         NightRow {

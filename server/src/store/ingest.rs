@@ -110,6 +110,8 @@ pub struct CommitSummary {
     pub quarantined: u64,
     /// (household, season) pairs marked for recompute.
     pub dirty: u64,
+    /// Meters whose reading packs a late reading fell into (dropped, to be packed again).
+    pub packs_invalidated: u64,
 }
 
 /// Rows per multi-row INSERT (8 values each, far below SQLite's variable limit).
@@ -183,6 +185,8 @@ impl Store {
         // (household, season) → the earliest instant that changed for it.
         let mut dirty: BTreeMap<(String, String), Option<i64>> = BTreeMap::new();
         let mut pairs = BTreeSet::new();
+        // Meter → its earliest new reading (packs it falls into are dropped).
+        let mut first: BTreeMap<&str, i64> = BTreeMap::new();
         let mut mark = |r: &NewReading, dirty: &mut BTreeMap<(String, String), Option<i64>>| {
             pairs.clear();
             dirty_of(r, &mut pairs);
@@ -218,6 +222,8 @@ impl Store {
                 if inserted.contains(&key) && seen_new.insert(key) {
                     sum.new_readings += 1;
                     mark(r, &mut dirty);
+                    let t = first.entry(r.meter.as_str()).or_insert(r.ts);
+                    *t = (*t).min(r.ts);
                 } else if same_as_stored(&mut tx, r).await? {
                     sum.repeats += 1;
                 } else {
@@ -282,9 +288,13 @@ impl Store {
         if let Some(fold) = monitor {
             super::monitor::fold_in(&mut tx, self.backend, fold).await?;
         }
+        // After the readings are in (PostgreSQL's order matters: store/packs.rs).
+        sum.packs_invalidated = super::packs::invalidate(&mut tx, self.backend, &first).await?;
         super::results::mark_dirty_many(&mut tx, self.backend, &dirty).await?;
         sum.dirty = dirty.len() as u64;
         tx.commit().await?;
+        super::packs::INVALIDATED_METERS
+            .fetch_add(sum.packs_invalidated, std::sync::atomic::Ordering::Relaxed);
         Ok(sum)
     }
 

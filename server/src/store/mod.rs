@@ -19,6 +19,9 @@
 //!   (`bulk::fresh`), so older figures never overwrite newer ones.
 //! - `nights` and `statements` are a pure function of `readings` and the registry: they can
 //!   be dropped and recomputed at any time.
+//! - `reading_packs` hold, for each meter, exactly its readings below `pack_cover.upto`
+//!   (`packs.rs`): the ingest commit that stores a reading below it drops what it falls
+//!   into. They too can be dropped at any time (with `pack_cover`): rounds then read the table.
 
 mod bulk;
 pub mod feed;
@@ -27,6 +30,7 @@ mod ingest;
 pub mod lease;
 pub mod monitor;
 mod nights;
+pub mod packs;
 mod registry;
 mod results;
 mod sink;

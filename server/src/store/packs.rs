@@ -1,0 +1,616 @@
+//! Reading packs: a meter's readings of a closed 16-day chunk packed as one varint blob, so
+//! a recompute round reads a season as a few rows a meter; the `readings` table stays the record.
+//!
+//! Invariant: for a meter with a `pack_cover` row `upto` (a chunk start), its packs hold
+//! exactly its stored readings with `ts < upto`; a chunk below `upto` without a pack has
+//! none. Readings are only ever added. A new one below its meter's `upto` (late data) lowers
+//! `upto` to its chunk's start and drops the packs from that chunk on, in the transaction
+//! that stores it ([`invalidate`]); packing ([`Store::pack_readings`]) moves `upto` up again.
+//!
+//! Concurrency. SQLite: both run as write transactions, one at a time. PostgreSQL: packing
+//! first raises the `pack_horizon` meta row (holding its lock to commit) and only then reads
+//! readings; ingest reads that row `FOR SHARE` after inserting its readings. Either the
+//! ingest commits first (packing waits for it, then reads its readings), or packing does
+//! (the ingest then sees the horizon and the new packs, and drops what its readings fall into).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use sqlx::{Any, AnyConnection, Row, Transaction};
+
+use super::sql::QueryBuilder;
+use super::{Backend, Store, StoreError, StoredReading};
+use crate::varint::{Reader, Writer};
+
+/// Width of a pack's chunk of time, seconds (16 days; chunks start at multiples from the epoch).
+pub const CHUNK_S: i64 = 16 * 86_400;
+/// How long after a chunk ends its readings are packed, seconds: late readings within it
+/// (a gateway's spool after an outage) land before the pack is made.
+pub const GRACE_S: i64 = 2 * 86_400;
+
+/// Readings moved into packs since start (`/metrics`).
+pub static PACKED_READINGS: AtomicU64 = AtomicU64::new(0);
+/// Meters whose packs a late reading invalidated since start (`/metrics`).
+pub static INVALIDATED_METERS: AtomicU64 = AtomicU64::new(0);
+
+/// Blob format version (first byte).
+const VERSION: u8 = 1;
+/// Meters a packing pass takes at most.
+const PASS_METERS: i64 = 256;
+/// Chunks a pass moves one meter on at most (a meter's first pass may have years behind it).
+const PASS_CHUNKS: i64 = 4;
+/// Meters read at once within a pass.
+const GROUP: usize = 32;
+/// Readings after which a pass stops at the end of its group (bounds its memory: a reading a
+/// minute is 23,040 a chunk).
+const PASS_READINGS: u64 = 1_000_000;
+/// Rows per multi-row statement.
+const ROWS: usize = 200;
+
+/// The chunk `ts` (UTC Unix seconds) falls in.
+pub fn chunk_of(ts: i64) -> i64 {
+    ts.div_euclid(CHUNK_S)
+}
+
+/// The start of chunk `c`, UTC Unix seconds.
+pub fn chunk_start(c: i64) -> i64 {
+    c.saturating_mul(CHUNK_S)
+}
+
+/// Up to where readings may be packed at `now`: the start of the chunk `GRACE_S` ago.
+pub fn horizon_at(now: i64) -> i64 {
+    chunk_start(chunk_of(now.saturating_sub(GRACE_S)))
+}
+
+/// Packs readings ordered by `ts` (distinct): each value as the difference from the one
+/// before (wrapping, so any i64 round-trips), zigzag varints; the valley register as a
+/// presence byte and the difference from the last one present.
+pub fn encode(readings: &[StoredReading]) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(2 + readings.len() * 6));
+    w.0.push(VERSION);
+    w.uint(readings.len() as u64);
+    let (mut ts, mut e, mut v) = (0i64, 0i64, 0i64);
+    for r in readings {
+        w.int(r.ts.wrapping_sub(ts));
+        w.int(r.e_wh.wrapping_sub(e));
+        match r.e_valley_wh {
+            None => w.0.push(0),
+            Some(x) => {
+                w.0.push(1);
+                w.int(x.wrapping_sub(v));
+                v = x;
+            }
+        }
+        (ts, e) = (r.ts, r.e_wh);
+    }
+    w.0
+}
+
+/// What [`encode`] packed; `None` for anything else (a corrupt or foreign blob).
+pub fn decode(data: &[u8]) -> Option<Vec<StoredReading>> {
+    let mut r = Reader(data);
+    if r.byte()? != VERSION {
+        return None;
+    }
+    let n = r.len()?;
+    // A reading takes 3 bytes at least: a count beyond that is corrupt, not an allocation.
+    if n > data.len() / 3 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    let (mut ts, mut e, mut v) = (0i64, 0i64, 0i64);
+    for _ in 0..n {
+        ts = ts.wrapping_add(r.int()?);
+        e = e.wrapping_add(r.int()?);
+        let e_valley_wh = match r.byte()? {
+            0 => None,
+            1 => {
+                v = v.wrapping_add(r.int()?);
+                Some(v)
+            }
+            _ => return None,
+        };
+        out.push(StoredReading {
+            ts,
+            e_wh: e,
+            e_valley_wh,
+        });
+    }
+    r.0.is_empty().then_some(out)
+}
+
+/// What a packing pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackSummary {
+    /// Meters moved on.
+    pub meters: u64,
+    /// Readings packed.
+    pub readings: u64,
+    /// Packs written.
+    pub packs: u64,
+    /// The last meter taken: the next pass starts after it (`None`: none was left).
+    pub last: Option<String>,
+}
+
+impl Store {
+    /// One packing pass: up to 256 meters after `after` (byte order) whose readings are not
+    /// packed up to `horizon` (rounded down to a chunk start), each moved on by up to four
+    /// chunks, in one transaction. Call again with the summary's `last` until it is `None`.
+    pub async fn pack_readings(
+        &self,
+        horizon: i64,
+        after: Option<&str>,
+    ) -> Result<PackSummary, StoreError> {
+        let horizon = chunk_start(chunk_of(horizon));
+        let mut tx = self.begin_write(super::WriteLock::Figures).await?;
+        // First, under its lock until commit (PostgreSQL): see the module's concurrency note.
+        sqlx::query(
+            "UPDATE meta SET value = CASE WHEN value < $1 THEN $1 ELSE value END WHERE key = 'pack_horizon'",
+        )
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT m.meter, c.upto FROM (SELECT DISTINCT meter FROM meters WHERE meter > $1) AS m \
+             LEFT JOIN pack_cover c ON c.meter = m.meter \
+             WHERE c.upto IS NULL OR c.upto < $2 ORDER BY m.meter LIMIT $3",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(horizon)
+        .bind(PASS_METERS)
+        .fetch_all(&mut *tx)
+        .await?;
+        let work: Vec<(String, Option<i64>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut sum = PackSummary {
+            last: work.last().map(|(m, _)| m.clone()),
+            ..PackSummary::default()
+        };
+        // Where each meter starts: its cover, else the chunk of its first reading.
+        let fresh: Vec<&str> = work
+            .iter()
+            .filter(|(_, c)| c.is_none())
+            .map(|(m, _)| m.as_str())
+            .collect();
+        let firsts = first_readings(&mut tx, self.backend, &fresh).await?;
+        let mut spans: Vec<(&str, i64, i64)> = Vec::with_capacity(work.len());
+        for (m, cover) in &work {
+            let start = match cover {
+                Some(c) => *c,
+                None => firsts
+                    .get(m.as_str())
+                    .map_or(horizon, |&t| chunk_start(chunk_of(t)).min(horizon)),
+            };
+            let end = horizon.min(start.saturating_add(PASS_CHUNKS * CHUNK_S));
+            spans.push((m.as_str(), start, end));
+        }
+        let mut packs: Vec<(&str, i64, i64, Vec<u8>)> = Vec::new();
+        let mut covers: Vec<(&str, i64)> = Vec::new();
+        for group in spans.chunks(GROUP) {
+            let ranges: Vec<(&str, i64, i64)> = group
+                .iter()
+                .map(|&(m, start, end)| (m, start.saturating_sub(1), end))
+                .collect();
+            let mut got = rows_between(&mut tx, self.backend, &ranges).await?;
+            for &(m, _, end) in group {
+                let readings = got.remove(m).unwrap_or_default();
+                sum.readings += readings.len() as u64;
+                let mut by_chunk: BTreeMap<i64, Vec<StoredReading>> = BTreeMap::new();
+                for r in readings {
+                    by_chunk.entry(chunk_of(r.ts)).or_default().push(r);
+                }
+                for (c, rs) in by_chunk {
+                    packs.push((m, c, rs.len() as i64, encode(&rs)));
+                }
+                covers.push((m, end));
+            }
+            sum.meters += group.len() as u64;
+            if sum.readings >= PASS_READINGS {
+                sum.last = covers.last().map(|(m, _)| (*m).to_string());
+                break;
+            }
+        }
+        sum.packs = packs.len() as u64;
+        for chunk in packs.chunks(ROWS) {
+            let mut qb = QueryBuilder::new(
+                self.backend,
+                "INSERT INTO reading_packs (meter, chunk, n, data) ",
+            );
+            qb.push_values(chunk, |mut b, (m, c, n, data)| {
+                b.push_bind(*m)
+                    .push_bind(*c)
+                    .push_bind(*n)
+                    .push_bind(data.as_slice());
+            });
+            qb.push(
+                " ON CONFLICT (meter, chunk) DO UPDATE SET n = excluded.n, data = excluded.data",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        for chunk in covers.chunks(ROWS) {
+            let mut qb = QueryBuilder::new(self.backend, "INSERT INTO pack_cover (meter, upto) ");
+            qb.push_values(chunk, |mut b, (m, upto)| {
+                b.push_bind(*m).push_bind(*upto);
+            });
+            qb.push(" ON CONFLICT (meter) DO UPDATE SET upto = excluded.upto");
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        PACKED_READINGS.fetch_add(sum.readings, Relaxed);
+        Ok(sum)
+    }
+
+    /// Packs every meter's readings up to `horizon`: sweeps of passes until one finds
+    /// nothing left to do. What was done.
+    pub async fn pack_all(&self, horizon: i64) -> Result<PackSummary, StoreError> {
+        let mut total = PackSummary::default();
+        loop {
+            let (mut after, mut moved): (Option<String>, u64) = (None, 0);
+            loop {
+                let s = self.pack_readings(horizon, after.as_deref()).await?;
+                moved += s.meters;
+                total.meters += s.meters;
+                total.readings += s.readings;
+                total.packs += s.packs;
+                match s.last {
+                    Some(m) => after = Some(m),
+                    None => break,
+                }
+            }
+            if moved == 0 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Meters with a pack cover, and packs stored (tests, diagnostics).
+    pub async fn pack_counts(&self) -> Result<(i64, i64), StoreError> {
+        let covered = sqlx::query_scalar("SELECT COUNT(*) FROM pack_cover")
+            .fetch_one(&self.pool)
+            .await?;
+        let packs = sqlx::query_scalar("SELECT COUNT(*) FROM reading_packs")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((covered, packs))
+    }
+}
+
+/// The first reading instant of each of `meters` that has one.
+async fn first_readings(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    meters: &[&str],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut out = HashMap::new();
+    for ids in meters.chunks(ROWS) {
+        let mut qb = QueryBuilder::new(
+            backend,
+            "SELECT meter, MIN(ts) FROM readings WHERE meter IN ",
+        );
+        qb.push_tuples(ids, |mut b, id| {
+            b.push_bind(*id);
+        });
+        qb.push(" GROUP BY meter");
+        for r in qb.build().fetch_all(&mut **tx).await? {
+            out.insert(r.get(0), r.get(1));
+        }
+    }
+    Ok(out)
+}
+
+/// The stored readings of each `(meter, after, before)` with `after < ts < before`, ordered
+/// by `ts`, packed inside the database as one text row a meter (a row a reading costs
+/// microseconds each through sqlx). Meters sharing their bounds (a cold round: all of them)
+/// are read with an `IN` list, which walks the key in order; the rest join a list of bounds.
+pub(super) async fn rows_between(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ranges: &[(&str, i64, i64)],
+) -> Result<HashMap<String, Vec<StoredReading>>, StoreError> {
+    const AGG: &str = "string_agg(CAST(r.ts AS TEXT) || ',' || CAST(r.e_wh AS TEXT) || ',' || \
+                       COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';')";
+    let mut out = HashMap::new();
+    let mut shared: BTreeMap<(i64, i64), Vec<&str>> = BTreeMap::new();
+    for &(m, lo, hi) in ranges {
+        if lo.saturating_add(1) < hi {
+            shared.entry((lo, hi)).or_default().push(m);
+        }
+    }
+    let mut single: Vec<(&str, i64, i64)> = Vec::new();
+    for ((lo, hi), ids) in shared {
+        if ids.len() < 8 {
+            single.extend(ids.into_iter().map(|m| (m, lo, hi)));
+            continue;
+        }
+        for ids in ids.chunks(ROWS) {
+            let mut qb = QueryBuilder::new(
+                backend,
+                format!("SELECT r.meter, {AGG} FROM readings r WHERE r.meter IN "),
+            );
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(*id);
+            });
+            qb.push(" AND r.ts > ")
+                .push_bind(lo)
+                .push(" AND r.ts < ")
+                .push_bind(hi)
+                .push(" GROUP BY r.meter");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let packed: &str = r.get(1);
+                out.insert(r.get(0), unpack_text(packed)?);
+            }
+        }
+    }
+    for chunk in single.chunks(ROWS) {
+        let mut qb = QueryBuilder::new(backend, format!("SELECT r.meter, {AGG} FROM (VALUES "));
+        let mut sep = qb.separated(", ");
+        for (m, lo, hi) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(*m)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*lo)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*hi)
+                .push_unseparated(")");
+        }
+        qb.push(
+            ") AS w JOIN readings r ON r.meter = w.column1 AND r.ts > w.column2 AND r.ts < w.column3 \
+             GROUP BY r.meter",
+        );
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            let packed: &str = r.get(1);
+            out.insert(r.get(0), unpack_text(packed)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The packed readings of each `(meter, after, before)` with `after < ts < before`, ordered.
+pub(super) async fn packed_between(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ranges: &[(&str, i64, i64)],
+) -> Result<HashMap<String, Vec<StoredReading>>, StoreError> {
+    let mut out: HashMap<String, Vec<StoredReading>> = HashMap::new();
+    let bounds: HashMap<&str, (i64, i64)> = ranges.iter().map(|&(m, a, b)| (m, (a, b))).collect();
+    for chunk in ranges.chunks(ROWS) {
+        // The chunks of the whole list: an IN list walks the key in order; a meter's
+        // chunks outside its own bounds are few and dropped below.
+        let first = chunk
+            .iter()
+            .map(|r| chunk_of(r.1.saturating_add(1)))
+            .min()
+            .unwrap_or(0);
+        let last = chunk
+            .iter()
+            .map(|r| chunk_of(r.2.saturating_sub(1)))
+            .max()
+            .unwrap_or(0);
+        let mut qb = QueryBuilder::new(
+            backend,
+            "SELECT meter, data FROM reading_packs WHERE meter IN ",
+        );
+        qb.push_tuples(chunk, |mut b, r| {
+            b.push_bind(r.0);
+        });
+        qb.push(" AND chunk >= ")
+            .push_bind(first)
+            .push(" AND chunk <= ")
+            .push_bind(last);
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            let meter: String = r.get(0);
+            let data: &[u8] = r.get(1);
+            let (lo, hi) = bounds.get(meter.as_str()).copied().unwrap_or((0, 0));
+            let got = decode(data).ok_or(StoreError::Corrupt("reading_packs"))?;
+            out.entry(meter)
+                .or_default()
+                .extend(got.into_iter().filter(|r| r.ts > lo && r.ts < hi));
+        }
+    }
+    for v in out.values_mut() {
+        if !v.is_sorted_by_key(|r| r.ts) {
+            v.sort_unstable_by_key(|r| r.ts);
+        }
+    }
+    Ok(out)
+}
+
+/// The pack covers of `meters` (see the module invariant).
+pub(super) async fn covers(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    meters: &[&str],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut out = HashMap::new();
+    for ids in meters.chunks(ROWS) {
+        let mut qb = QueryBuilder::new(
+            backend,
+            "SELECT meter, upto FROM pack_cover WHERE meter IN ",
+        );
+        qb.push_tuples(ids, |mut b, id| {
+            b.push_bind(*id);
+        });
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            out.insert(r.get(0), r.get(1));
+        }
+    }
+    Ok(out)
+}
+
+/// In an ingest transaction, after its readings are inserted: for each meter whose new
+/// readings start (`first`, UTC Unix seconds) below its pack cover, drops the packs from
+/// that reading's chunk on and lowers the cover to the chunk's start. Returns how many
+/// meters that was.
+pub(super) async fn invalidate(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    first: &BTreeMap<&str, i64>,
+) -> Result<u64, StoreError> {
+    let Some(&earliest) = first.values().min() else {
+        return Ok(0);
+    };
+    let sql = match backend {
+        Backend::Sqlite => "SELECT value FROM meta WHERE key = 'pack_horizon'",
+        Backend::Postgres => "SELECT value FROM meta WHERE key = 'pack_horizon' FOR SHARE",
+    };
+    let horizon: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut **tx).await?;
+    if horizon.is_none_or(|h| earliest >= h) {
+        return Ok(0);
+    }
+    let horizon = horizon.unwrap_or(i64::MIN);
+    let mut hit = 0;
+    // Byte order (a BTreeMap of str): two transactions lock the rows in the same order.
+    for (&meter, &ts) in first {
+        if ts >= horizon {
+            continue;
+        }
+        let c = chunk_of(ts);
+        let lowered = sqlx::query("UPDATE pack_cover SET upto = $1 WHERE meter = $2 AND upto > $3")
+            .bind(chunk_start(c))
+            .bind(meter)
+            .bind(ts)
+            .execute(&mut **tx)
+            .await?;
+        if lowered.rows_affected() > 0 {
+            sqlx::query("DELETE FROM reading_packs WHERE meter = $1 AND chunk >= $2")
+                .bind(meter)
+                .bind(c)
+                .execute(&mut **tx)
+                .await?;
+            hit += 1;
+        }
+    }
+    Ok(hit)
+}
+
+/// Readings as `string_agg` packs them: `ts,e_wh,valley;…` (valley empty when absent),
+/// returned in `ts` order (the aggregate is not asked to order: an ORDER BY inside it makes
+/// SQLite sort every group although the key already yields it in order).
+pub(super) fn unpack_text(packed: &str) -> Result<Vec<StoredReading>, StoreError> {
+    let corrupt = || StoreError::Corrupt("readings");
+    let mut out = Vec::with_capacity(packed.len() / 24 + 1);
+    for item in packed.split(';') {
+        let mut f = item.split(',');
+        let mut int = || -> Result<Option<i64>, StoreError> {
+            match f.next().ok_or_else(corrupt)? {
+                "" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| corrupt()),
+            }
+        };
+        let ts = int()?.ok_or_else(corrupt)?;
+        let e_wh = int()?.ok_or_else(corrupt)?;
+        let e_valley_wh = int()?;
+        out.push(StoredReading {
+            ts,
+            e_wh,
+            e_valley_wh,
+        });
+    }
+    if !out.is_sorted_by_key(|r| r.ts) {
+        out.sort_unstable_by_key(|r| r.ts);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpacks_what_the_query_packs() {
+        let got = unpack_text("1761912000,1000000,;1761955200,1020000,-5").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                StoredReading {
+                    ts: 1_761_912_000,
+                    e_wh: 1_000_000,
+                    e_valley_wh: None
+                },
+                StoredReading {
+                    ts: 1_761_955_200,
+                    e_wh: 1_020_000,
+                    e_valley_wh: Some(-5)
+                },
+            ]
+        );
+        for bad in ["", "1", "1,x,", "1,2", ",2,3"] {
+            assert!(unpack_text(bad).is_err(), "{bad:?}");
+        }
+        // Whatever order the database aggregated them in, they come back in time order.
+        let got = unpack_text("1761955200,1020000,-5;1761912000,1000000,").unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            [1_761_912_000, 1_761_955_200]
+        );
+    }
+
+    fn reading(ts: i64, e_wh: i64, e_valley_wh: Option<i64>) -> StoredReading {
+        StoredReading {
+            ts,
+            e_wh,
+            e_valley_wh,
+        }
+    }
+
+    #[test]
+    fn a_pack_gives_back_exactly_what_was_packed() {
+        let rs = vec![
+            reading(i64::MIN, i64::MAX, Some(i64::MIN)),
+            reading(-1, 0, None),
+            reading(1_761_912_000, 999_999_999, Some(5)),
+            reading(1_761_955_200, 12, Some(-3)),
+            reading(i64::MAX, i64::MIN, None),
+        ];
+        assert_eq!(decode(&encode(&rs)).unwrap(), rs);
+        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+        // Two boundary reads a night of a 20 kWh night: a few bytes each.
+        let night: Vec<_> = (0..60)
+            .map(|i| reading(1_761_912_000 + i * 43_200, 1_000_000 + i * 10_000, None))
+            .collect();
+        // 7 bytes a reading: 3 for 43,200 s, 3 for 10,000 Wh, 1 for no valley register.
+        assert!(
+            encode(&night).len() <= 16 + 60 * 7,
+            "{}",
+            encode(&night).len()
+        );
+    }
+
+    #[test]
+    fn a_damaged_pack_is_refused_not_misread() {
+        let rs = vec![
+            reading(1_761_912_000, 1_000, Some(7)),
+            reading(1_761_912_060, 1_010, None),
+        ];
+        let good = encode(&rs);
+        assert!(decode(&[]).is_none());
+        assert!(decode(&[2, 0]).is_none(), "another version");
+        for cut in 1..good.len() {
+            assert!(decode(&good[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(decode(&long).is_none(), "trailing byte");
+        let mut flag = good.clone();
+        // The first reading's valley flag sits after its two varints (ts: 5 bytes, e: 2).
+        let at = 2 + 5 + 2;
+        assert_eq!(flag[at], 1);
+        flag[at] = 9;
+        assert!(decode(&flag).is_none(), "bad presence byte");
+        // A huge count is refused before anything is allocated.
+        assert!(decode(&[VERSION, 0xff, 0xff, 0xff, 0x07]).is_none());
+    }
+
+    #[test]
+    fn chunks_and_the_horizon_line_up() {
+        assert_eq!(chunk_of(0), 0);
+        assert_eq!(chunk_of(CHUNK_S - 1), 0);
+        assert_eq!(chunk_of(CHUNK_S), 1);
+        assert_eq!(chunk_of(-1), -1);
+        let now = 1_775_102_400;
+        let h = horizon_at(now);
+        assert_eq!(h % CHUNK_S, 0);
+        assert!(h <= now - GRACE_S && now - GRACE_S < h + CHUNK_S);
+    }
+}
