@@ -31,6 +31,23 @@ use crate::store::{
 /// Pairs taken from `dirty` per round.
 const ROUND: i64 = 1024;
 
+/// Pairs a compute thread is worth starting for.
+const MIN_JOBS_PER_THREAD: usize = 64;
+
+/// One pair of a round to compute: its mark, registry input, fingerprint and resume plan.
+type Job<'a> = (
+    &'a DirtyMark,
+    HouseholdInput,
+    u64,
+    Option<(Plan, SeasonState)>,
+);
+
+/// Threads a round computes on: the machine's cores, at most 8.
+fn compute_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
 /// Pairs recomputed from their saved state (only the nights new readings can change),
 /// since start (`/metrics`).
 pub static RESUMED_PAIRS: AtomicU64 = AtomicU64::new(0);
@@ -365,24 +382,58 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
             .await?;
         read += t.elapsed();
         t = Instant::now();
-        for (m, input, fp, plan) in jobs {
-            if plan.is_some() {
-                resumed += 1;
-            } else {
-                whole += 1;
+        resumed += jobs.iter().filter(|j| j.3.is_some()).count();
+        whole += jobs.iter().filter(|j| j.3.is_none()).count();
+        // The computation is pure and the round's inputs are shared: the jobs are split
+        // across the machine's cores (two here), each with an engine of its own.
+        let run = |engine: &mut Engine, part: Vec<Job<'_>>| -> Vec<SavedPair> {
+            part.into_iter()
+                .map(|(m, input, fp, plan)| {
+                    let data = engine_readings(&input, &stored, &stored_conflicts);
+                    let (statement, nights, from, state) =
+                        compute_pair(engine, &frame, &input, fp, &data, plan);
+                    let state = state.to_bytes();
+                    SavedPair {
+                        statement,
+                        nights,
+                        gen: Some(m.gen),
+                        from_night: from.map(|n| n.to_string()),
+                        state_stored: states.get(&m.household) == Some(&state),
+                        state: Some(state),
+                    }
+                })
+                .collect()
+        };
+        let threads = compute_threads()
+            .min(jobs.len() / MIN_JOBS_PER_THREAD)
+            .max(1);
+        if threads == 1 {
+            results.extend(run(engine, jobs));
+        } else {
+            let per = jobs.len().div_ceil(threads);
+            let mut parts: Vec<Vec<Job<'_>>> = Vec::with_capacity(threads);
+            let mut jobs = jobs.into_iter();
+            for _ in 0..threads {
+                parts.push(jobs.by_ref().take(per).collect());
             }
-            let data = engine_readings(&input, &stored, &stored_conflicts);
-            let (statement, nights, from, state) =
-                compute_pair(engine, &frame, &input, fp, &data, plan);
-            let state = state.to_bytes();
-            results.push(SavedPair {
-                statement,
-                nights,
-                gen: Some(m.gen),
-                from_night: from.map(|n| n.to_string()),
-                state_stored: states.get(&m.household) == Some(&state),
-                state: Some(state),
+            let mut parts = parts.into_iter();
+            let mine = parts.next().unwrap_or_default();
+            let done: Vec<Vec<SavedPair>> = std::thread::scope(|scope| {
+                let others: Vec<_> = parts
+                    .map(|part| {
+                        let mut e = engine.clone();
+                        let run = &run;
+                        scope.spawn(move || run(&mut e, part))
+                    })
+                    .collect();
+                let mut done = vec![run(engine, mine)];
+                for h in others {
+                    // A panic in the pure computation is a bug: let it surface as one.
+                    done.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                }
+                done
             });
+            results.extend(done.into_iter().flatten());
         }
         compute += t.elapsed();
         t = Instant::now();

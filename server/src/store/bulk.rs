@@ -131,24 +131,29 @@ impl Store {
         let mut ids: Vec<&str> = bound.keys().copied().collect();
         ids.sort_unstable();
         let mut conn = self.pool.acquire().await?;
-        let covers = packs::covers(&mut conn, self.backend, &ids).await?;
-        // (meter, after, before), exclusive: from the packs below the cover, from rows above.
-        let (mut packed, mut rows) = (Vec::new(), Vec::with_capacity(ids.len()));
+        // (meter, after, before), exclusive: below a meter's cover from its packs, above it
+        // from the table.
+        let asked: Vec<(&str, i64, i64)> = ids
+            .iter()
+            .map(|&m| (m, bound[m].unwrap_or(i64::MIN), until))
+            .collect();
+        let mut covered = packs::covered(&mut conn, self.backend, &asked).await?;
+        let rows: Vec<(&str, i64, i64)> = asked
+            .iter()
+            .map(|&(m, lo, hi)| match covered.get(m) {
+                Some(&(c, _)) => (m, lo.max(c.saturating_sub(1)), hi),
+                None => (m, lo, hi),
+            })
+            .collect();
+        let mut tails = packs::rows_between(&mut conn, self.backend, &rows).await?;
+        let mut readings: HashMap<String, Vec<StoredReading>> = HashMap::with_capacity(ids.len());
         for &m in &ids {
-            let lo = bound[m].unwrap_or(i64::MIN);
-            match covers.get(m) {
-                Some(&c) if lo < c.saturating_sub(1) && lo < until.saturating_sub(1) => {
-                    packed.push((m, lo, c.min(until)));
-                    rows.push((m, c.saturating_sub(1), until));
-                }
-                Some(&c) => rows.push((m, lo.max(c.saturating_sub(1)), until)),
-                None => rows.push((m, lo, until)),
+            let mut got = covered.remove(m).map(|(_, r)| r).unwrap_or_default();
+            // Packs hold ts below the cover, the table's rows here ts at or above it.
+            got.extend(tails.remove(m).unwrap_or_default());
+            if !got.is_empty() {
+                readings.insert(m.to_string(), got);
             }
-        }
-        let mut readings = packs::packed_between(&mut conn, self.backend, &packed).await?;
-        for (m, tail) in packs::rows_between(&mut conn, self.backend, &rows).await? {
-            // Packs hold ts below the cover, rows ts at or above it: appended, still ordered.
-            readings.entry(m).or_default().extend(tail);
         }
         let mut conflicts: HashMap<String, Vec<i64>> = HashMap::new();
         for ids in ids.chunks(IDS) {

@@ -1,9 +1,10 @@
 //! Reading packs: a meter's readings of a closed 16-day chunk packed as one varint blob, so
 //! a recompute round reads a season as a few rows a meter; the `readings` table stays the record.
 //!
-//! Invariant: for a meter with a `pack_cover` row `upto` (a chunk start), its packs hold
-//! exactly its stored readings with `ts < upto`; a chunk below `upto` without a pack has
-//! none. Readings are only ever added. A new one below its meter's `upto` (late data) lowers
+//! Invariant: for a meter with a `pack_cover` row `upto`, its packs hold exactly its stored
+//! readings with `ts < upto` (the pack of the chunk `upto` falls in holds those of its
+//! readings below `upto`, and is rewritten when `upto` moves on); a chunk starting below
+//! `upto` without a pack has none. Readings are only ever added. A new one below its meter's `upto` (late data) lowers
 //! `upto` to its chunk's start and drops the packs from that chunk on, in the transaction
 //! that stores it ([`invalidate`]); packing ([`Store::pack_readings`]) moves `upto` up again.
 //!
@@ -24,8 +25,9 @@ use crate::varint::{Reader, Writer};
 
 /// Width of a pack's chunk of time, seconds (16 days; chunks start at multiples from the epoch).
 pub const CHUNK_S: i64 = 16 * 86_400;
-/// How long after a chunk ends its readings are packed, seconds: late readings within it
-/// (a gateway's spool after an outage) land before the pack is made.
+/// How old a reading is before it is packed, seconds: late readings within it (a gateway's
+/// spool after a short outage) land before the pack is made. Packing moves on a day at a
+/// time (the running chunk's pack is rewritten each day: at most 16 times).
 pub const GRACE_S: i64 = 2 * 86_400;
 
 /// Readings moved into packs since start (`/metrics`).
@@ -57,9 +59,11 @@ pub fn chunk_start(c: i64) -> i64 {
     c.saturating_mul(CHUNK_S)
 }
 
-/// Up to where readings may be packed at `now`: the start of the chunk `GRACE_S` ago.
+/// Up to where readings may be packed at `now`: the UTC midnight `GRACE_S` ago.
 pub fn horizon_at(now: i64) -> i64 {
-    chunk_start(chunk_of(now.saturating_sub(GRACE_S)))
+    now.saturating_sub(GRACE_S)
+        .div_euclid(86_400)
+        .saturating_mul(86_400)
 }
 
 /// Packs readings ordered by `ts` (distinct): each value as the difference from the one
@@ -88,6 +92,18 @@ pub fn encode(readings: &[StoredReading]) -> Vec<u8> {
 
 /// What [`encode`] packed; `None` for anything else (a corrupt or foreign blob).
 pub fn decode(data: &[u8]) -> Option<Vec<StoredReading>> {
+    let mut out = Vec::new();
+    decode_into(data, |_| true, &mut out)?;
+    Some(out)
+}
+
+/// [`decode`], appending the readings whose `ts` passes `keep` to `out` (nothing is
+/// appended from a blob that turns out corrupt).
+fn decode_into(
+    data: &[u8],
+    keep: impl Fn(i64) -> bool,
+    out: &mut Vec<StoredReading>,
+) -> Option<()> {
     let mut r = Reader(data);
     if r.byte()? != VERSION {
         return None;
@@ -97,26 +113,36 @@ pub fn decode(data: &[u8]) -> Option<Vec<StoredReading>> {
     if n > data.len() / 3 {
         return None;
     }
-    let mut out = Vec::with_capacity(n);
+    let start = out.len();
+    out.reserve(n);
     let (mut ts, mut e, mut v) = (0i64, 0i64, 0i64);
-    for _ in 0..n {
-        ts = ts.wrapping_add(r.int()?);
-        e = e.wrapping_add(r.int()?);
-        let e_valley_wh = match r.byte()? {
-            0 => None,
-            1 => {
-                v = v.wrapping_add(r.int()?);
-                Some(v)
+    let mut read = || -> Option<()> {
+        for _ in 0..n {
+            ts = ts.wrapping_add(r.int()?);
+            e = e.wrapping_add(r.int()?);
+            let e_valley_wh = match r.byte()? {
+                0 => None,
+                1 => {
+                    v = v.wrapping_add(r.int()?);
+                    Some(v)
+                }
+                _ => return None,
+            };
+            if keep(ts) {
+                out.push(StoredReading {
+                    ts,
+                    e_wh: e,
+                    e_valley_wh,
+                });
             }
-            _ => return None,
-        };
-        out.push(StoredReading {
-            ts,
-            e_wh: e,
-            e_valley_wh,
-        });
+        }
+        r.0.is_empty().then_some(())
+    };
+    let done = read();
+    if done.is_none() {
+        out.truncate(start);
     }
-    r.0.is_empty().then_some(out)
+    done
 }
 
 /// What a packing pass did.
@@ -134,14 +160,13 @@ pub struct PackSummary {
 
 impl Store {
     /// One packing pass: up to 256 meters after `after` (byte order) whose readings are not
-    /// packed up to `horizon` (rounded down to a chunk start), each moved on by up to four
-    /// chunks, in one transaction. Call again with the summary's `last` until it is `None`.
+    /// packed up to `horizon`, each moved on by up to four chunks, in one transaction. Call
+    /// again with the summary's `last` until it is `None`.
     pub async fn pack_readings(
         &self,
         horizon: i64,
         after: Option<&str>,
     ) -> Result<PackSummary, StoreError> {
-        let horizon = chunk_start(chunk_of(horizon));
         let mut tx = self.begin_write(super::WriteLock::Figures).await?;
         // First, under its lock until commit (PostgreSQL): see the module's concurrency note.
         sqlx::query(
@@ -165,7 +190,8 @@ impl Store {
             last: work.last().map(|(m, _)| m.clone()),
             ..PackSummary::default()
         };
-        // Where each meter starts: its cover, else the chunk of its first reading.
+        // Where each meter starts: the chunk its cover is in (that pack is rewritten), else
+        // the chunk of its first reading.
         let fresh: Vec<&str> = work
             .iter()
             .filter(|(_, c)| c.is_none())
@@ -175,7 +201,7 @@ impl Store {
         let mut spans: Vec<(&str, i64, i64)> = Vec::with_capacity(work.len());
         for (m, cover) in &work {
             let start = match cover {
-                Some(c) => *c,
+                Some(c) => chunk_start(chunk_of(*c)),
                 None => firsts
                     .get(m.as_str())
                     .map_or(horizon, |&t| chunk_start(chunk_of(t)).min(horizon)),
@@ -366,76 +392,94 @@ pub(super) async fn rows_between(
     Ok(out)
 }
 
-/// The packed readings of each `(meter, after, before)` with `after < ts < before`, ordered.
-pub(super) async fn packed_between(
+/// For each `(meter, after, before)` that has a pack cover: the cover, and its packed
+/// readings with `after < ts < before` in time order. One row a meter: the packs come
+/// hex-encoded and joined inside the database (a row a pack costs microseconds through sqlx).
+pub(super) async fn covered(
     conn: &mut AnyConnection,
     backend: Backend,
     ranges: &[(&str, i64, i64)],
-) -> Result<HashMap<String, Vec<StoredReading>>, StoreError> {
-    let mut out: HashMap<String, Vec<StoredReading>> = HashMap::new();
+) -> Result<HashMap<String, (i64, Vec<StoredReading>)>, StoreError> {
+    let hex = match backend {
+        Backend::Sqlite => "hex(p.data)",
+        Backend::Postgres => "encode(p.data, 'hex')",
+    };
     let bounds: HashMap<&str, (i64, i64)> = ranges.iter().map(|&(m, a, b)| (m, (a, b))).collect();
+    let mut out = HashMap::new();
+    let mut buf = Vec::new();
     for chunk in ranges.chunks(ROWS) {
-        // The chunks of the whole list: an IN list walks the key in order; a meter's
-        // chunks outside its own bounds are few and dropped below.
-        let first = chunk
-            .iter()
-            .map(|r| chunk_of(r.1.saturating_add(1)))
-            .min()
-            .unwrap_or(0);
-        let last = chunk
-            .iter()
-            .map(|r| chunk_of(r.2.saturating_sub(1)))
-            .max()
-            .unwrap_or(0);
         let mut qb = QueryBuilder::new(
             backend,
-            "SELECT meter, data FROM reading_packs WHERE meter IN ",
+            format!(
+                "SELECT c.meter, c.upto, (SELECT string_agg({hex}, ',') FROM reading_packs p \
+                 WHERE p.meter = c.meter AND p.chunk >= w.column2 AND p.chunk <= w.column3) FROM (VALUES "
+            ),
         );
-        qb.push_tuples(chunk, |mut b, r| {
-            b.push_bind(r.0);
-        });
-        qb.push(" AND chunk >= ")
-            .push_bind(first)
-            .push(" AND chunk <= ")
-            .push_bind(last);
+        let mut sep = qb.separated(", ");
+        for (m, lo, hi) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(*m)
+                .push_unseparated(", ")
+                .push_bind_unseparated(chunk_of(lo.saturating_add(1)))
+                .push_unseparated(", ")
+                .push_bind_unseparated(chunk_of(hi.saturating_sub(1)))
+                .push_unseparated(")");
+        }
+        qb.push(") AS w JOIN pack_cover c ON c.meter = w.column1");
         for r in qb.build().fetch_all(&mut *conn).await? {
             let meter: String = r.get(0);
-            let data: &[u8] = r.get(1);
+            let upto: i64 = r.get(1);
+            let joined: Option<&str> = r.get(2);
             let (lo, hi) = bounds.get(meter.as_str()).copied().unwrap_or((0, 0));
-            let got = decode(data).ok_or(StoreError::Corrupt("reading_packs"))?;
-            out.entry(meter)
-                .or_default()
-                .extend(got.into_iter().filter(|r| r.ts > lo && r.ts < hi));
-        }
-    }
-    for v in out.values_mut() {
-        if !v.is_sorted_by_key(|r| r.ts) {
-            v.sort_unstable_by_key(|r| r.ts);
+            let hi = hi.min(upto);
+            let mut readings = Vec::new();
+            for h in joined.unwrap_or("").split(',').filter(|h| !h.is_empty()) {
+                unhex_into(h, &mut buf).ok_or(StoreError::Corrupt("reading_packs"))?;
+                decode_into(&buf, |t| t > lo && t < hi, &mut readings)
+                    .ok_or(StoreError::Corrupt("reading_packs"))?;
+            }
+            if !readings.is_sorted_by_key(|r| r.ts) {
+                readings.sort_unstable_by_key(|r| r.ts);
+            }
+            out.insert(meter, (upto, readings));
         }
     }
     Ok(out)
 }
 
-/// The pack covers of `meters` (see the module invariant).
-pub(super) async fn covers(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    meters: &[&str],
-) -> Result<HashMap<String, i64>, StoreError> {
-    let mut out = HashMap::new();
-    for ids in meters.chunks(ROWS) {
-        let mut qb = QueryBuilder::new(
-            backend,
-            "SELECT meter, upto FROM pack_cover WHERE meter IN ",
-        );
-        qb.push_tuples(ids, |mut b, id| {
-            b.push_bind(*id);
-        });
-        for r in qb.build().fetch_all(&mut *conn).await? {
-            out.insert(r.get(0), r.get(1));
+/// Bytes from hexadecimal digits (either case) into `out` (cleared first); `None` for
+/// anything else.
+fn unhex_into(s: &str, out: &mut Vec<u8>) -> Option<()> {
+    /// Digit values by byte; 0xff: not a digit.
+    const DIGIT: [u8; 256] = {
+        let mut t = [0xffu8; 256];
+        let mut i = 0u8;
+        while i < 10 {
+            t[(b'0' + i) as usize] = i;
+            i += 1;
         }
+        let mut i = 0u8;
+        while i < 6 {
+            t[(b'a' + i) as usize] = 10 + i;
+            t[(b'A' + i) as usize] = 10 + i;
+            i += 1;
+        }
+        t
+    };
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
     }
-    Ok(out)
+    out.clear();
+    out.reserve(b.len() / 2);
+    for p in b.chunks_exact(2) {
+        let (hi, lo) = (DIGIT[usize::from(p[0])], DIGIT[usize::from(p[1])]);
+        if hi > 15 || lo > 15 {
+            return None;
+        }
+        out.push(hi << 4 | lo);
+    }
+    Some(())
 }
 
 /// In an ingest transaction, after its readings are inserted: for each meter whose new
@@ -603,6 +647,34 @@ mod tests {
     }
 
     #[test]
+    fn hex_as_the_databases_write_it() {
+        let mut buf = vec![9];
+        unhex_into("00ff7Fa0", &mut buf).unwrap();
+        assert_eq!(buf, [0x00, 0xff, 0x7f, 0xa0]);
+        unhex_into("", &mut buf).unwrap();
+        assert!(buf.is_empty());
+        for bad in ["0", "0g", "zz", "0 ", "g0", "ÿÿ"] {
+            assert!(unhex_into(bad, &mut buf).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_keeps_what_is_asked_and_nothing_of_a_damaged_pack() {
+        let rs: Vec<_> = (0..10).map(|i| reading(1_000 + i, i * 7, None)).collect();
+        let good = encode(&rs);
+        let mut out = vec![reading(1, 1, None)];
+        decode_into(&good, |t| t > 1_003 && t < 1_007, &mut out).unwrap();
+        assert_eq!(
+            out.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            [1, 1_004, 1_005, 1_006]
+        );
+        decode_into(&good[..good.len() - 1], |_| true, &mut out)
+            .ok_or(())
+            .unwrap_err();
+        assert_eq!(out.len(), 4, "a damaged pack appends nothing");
+    }
+
+    #[test]
     fn chunks_and_the_horizon_line_up() {
         assert_eq!(chunk_of(0), 0);
         assert_eq!(chunk_of(CHUNK_S - 1), 0);
@@ -610,7 +682,7 @@ mod tests {
         assert_eq!(chunk_of(-1), -1);
         let now = 1_775_102_400;
         let h = horizon_at(now);
-        assert_eq!(h % CHUNK_S, 0);
-        assert!(h <= now - GRACE_S && now - GRACE_S < h + CHUNK_S);
+        assert_eq!(h % 86_400, 0);
+        assert!(h <= now - GRACE_S && now - GRACE_S < h + 86_400);
     }
 }
