@@ -277,21 +277,30 @@ impl Store {
         // Statements and resume states are written only where they changed (the round
         // compared the states it read): readings that change no listed night leave the
         // statement as it is, and the round may only clear its marks.
+        // Looked up by key through a list of pairs: `season = … AND household IN (…)` let
+        // PostgreSQL walk the `statements_season` index and test every row of the season
+        // against the list (quadratic over a cold season: 1.6 s a round at 30,000).
         let mut statements = HashMap::new();
-        for (season, households) in &by_season {
-            for ids in households.chunks(IDS) {
-                let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                    self.backend,
-                    format!("{} WHERE s.season = ", super::results::STATEMENT_SELECT),
-                );
-                qb.push_bind(*season).push(" AND s.household IN ");
-                qb.push_tuples(ids, |mut b, id| {
-                    b.push_bind(*id);
-                });
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let st = super::results::statement_row(&r)?;
-                    statements.insert((st.household.clone(), st.season.clone()), st);
-                }
+        let keys: Vec<(&str, &str)> = items
+            .iter()
+            .map(|p| (p.statement.household.as_str(), p.statement.season.as_str()))
+            .collect();
+        let select =
+            super::results::STATEMENT_SELECT.replace(" FROM statements s", " FROM (VALUES ");
+        for chunk in keys.chunks(IDS / 2) {
+            let mut qb: QueryBuilder<'_> = QueryBuilder::new(self.backend, select.as_str());
+            let mut sep = qb.separated(", ");
+            for (hh, season) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(*hh)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*season)
+                    .push_unseparated(")");
+            }
+            qb.push(") AS w JOIN statements s ON s.household = w.column1 AND s.season = w.column2");
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                let st = super::results::statement_row(&r)?;
+                statements.insert((st.household.clone(), st.season.clone()), st);
             }
         }
         let key = |p: &SavedPair| (p.statement.household.clone(), p.statement.season.clone());
