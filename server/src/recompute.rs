@@ -493,6 +493,10 @@ pub async fn run(
             // Idle: pack a little of the readings (store/packs.rs); go on while there is more.
             Ok(_) => match packer.pass(&store, now).await {
                 Ok(true) => {
+                    // A sweep of a large registry is hundreds of passes: stop between them.
+                    if *shutdown.borrow() {
+                        return;
+                    }
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -514,8 +518,8 @@ pub async fn run(
 }
 
 /// Packs readings while recompute is idle, a pass at a time: sweeps the meters in byte
-/// order; after a sweep that found nothing to do, rests until the horizon moves (a chunk
-/// closes) or ten minutes have passed (new meters, late readings that dropped packs).
+/// order; after a sweep that found nothing to do, rests until the horizon moves (once a
+/// day) or ten minutes have passed (new meters, late readings that dropped packs).
 #[derive(Default)]
 struct Packer {
     /// The last meter of the sweep so far.
