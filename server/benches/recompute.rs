@@ -77,6 +77,15 @@ fn since(before: [u64; 3]) -> String {
     format!("{:.2} / {:.2} / {:.2} s", s(0), s(1), s(2))
 }
 
+/// Tells a `perf record --control fifo:<path> -D -1` started around the bench to sample
+/// (`enable`) or not (`disable`), when `BENCH_PERF_CTL` names that fifo: profiles of the
+/// cold recompute alone, without the fill and the packing.
+fn perf_ctl(cmd: &str) {
+    if let Ok(path) = std::env::var("BENCH_PERF_CTL") {
+        let _ = std::fs::write(path, format!("{cmd}\n"));
+    }
+}
+
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -220,9 +229,11 @@ fn main() {
             let mut engine = Engine::new(Policy::beijing_2018());
             let phases0 = phases();
             let t = Instant::now();
+            perf_ctl("enable");
             let done = recompute::drain(&store, &mut engine, LAST_OPEN)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
+            perf_ctl("disable");
             let cold = t.elapsed().as_secs_f64();
             let cold_peak = peak_rss_kib();
             let cold_phases = since(phases0);

@@ -24,8 +24,8 @@ use crate::engine::{
 };
 use crate::store::packs;
 use crate::store::{
-    DirtyMark, HouseholdRow, MeterRow, NightRow, SavedPair, StatementRow, Store, StoreError,
-    StoredReading, CLAIM_S,
+    ComputedNight, DirtyMark, HouseholdRow, MeterRow, NightRow, SavedPair, StatementRow, Store,
+    StoreError, StoredReading, CLAIM_S,
 };
 
 /// Pairs taken from `dirty` per round.
@@ -130,7 +130,11 @@ fn compute_from(
     let (readings, conflicts) = engine_readings(&input, stored, stored_conflicts);
     let frame = engine.frame(season, now);
     let out = engine.household(&frame, &input, &readings);
-    rows_of(&out, &input, &conflicts, engine.policy(), &h.id, explain)
+    let (statement, nights) = rows_of(&out, &input, &conflicts, engine.policy(), &h.id, explain);
+    (
+        statement,
+        nights.iter().map(ComputedNight::to_row).collect(),
+    )
 }
 
 /// The engine's view of a household's registry rows (rows with an invalid meter id are
@@ -204,7 +208,7 @@ fn compute_pair(
     fingerprint: u64,
     data: &EngineReadings,
     resumed: Option<(Plan, SeasonState)>,
-) -> (StatementRow, Vec<NightRow>, Option<Night>, SeasonState) {
+) -> (StatementRow, Vec<ComputedNight>, Option<Night>, SeasonState) {
     let (readings, conflicts) = data;
     let policy = *engine.policy();
     let n = frame.nights().len();
@@ -217,7 +221,7 @@ fn compute_pair(
             .nights
             .iter()
             .zip(&rows)
-            .map(|(n, r)| (n, r.flags.iter().any(|f| f == READING_CONFLICT)))
+            .map(|(n, r)| (n, r.flags.contains(&READING_CONFLICT)))
             .collect();
         let state = resume::next_state(
             fingerprint,
@@ -252,9 +256,7 @@ fn compute_pair(
         .iter()
         .filter(|s| s.index < plan.from)
         .map(|s| s.flags & resume::CONFLICT_BIT != 0);
-    let new_conflicts = rows
-        .iter()
-        .map(|r| r.flags.iter().any(|f| f == READING_CONFLICT));
+    let new_conflicts = rows.iter().map(|r| r.flags.contains(&READING_CONFLICT));
     let nights: Vec<_> = out
         .nights
         .iter()
@@ -306,8 +308,9 @@ pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
     let mut done = 0;
     let lapse = u64::try_from(CLAIM_S).unwrap_or(60) + 10;
     let patience = std::time::Instant::now() + Duration::from_secs(lapse);
+    let mut rounds = Pipeline::default();
     loop {
-        match round(store, engine, now).await? {
+        match rounds.step(store, engine, now).await? {
             0 => {
                 if store.dirty_count().await? == 0 || std::time::Instant::now() > patience {
                     return Ok(done);
@@ -325,9 +328,36 @@ pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
 /// instant its new readings start, and saved with a resume state, is recomputed only
 /// from the nights those readings can change (engine/resume.rs); any other, whole.
 pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize, StoreError> {
+    let p = prepare(store, engine, now, None).await?;
+    save(store, p, now).await
+}
+
+/// A round computed and not saved yet.
+struct Prepared {
+    /// The pairs' figures, states and mark generations.
+    results: Vec<SavedPair>,
+    /// Marks taken (including those dropped: unknown household, bad season name).
+    taken: usize,
+    /// The last mark's `(household, season)`: the next round starts after it.
+    last: Option<(String, String)>,
+    /// Pairs recomputed whole and resumed.
+    whole: usize,
+    resumed: usize,
+}
+
+/// Reads and computes up to [`ROUND`] dirty pairs after `after` (see
+/// [`Store::dirty_marks_after`]); nothing is written but the marks it drops.
+async fn prepare(
+    store: &Store,
+    engine: &mut Engine,
+    now: i64,
+    after: Option<&(String, String)>,
+) -> Result<Prepared, StoreError> {
     // Time spent reading and computing, each segment added as it ends.
     let (mut t, mut read, mut compute) = (Instant::now(), Duration::ZERO, Duration::ZERO);
-    let marks = store.dirty_marks(ROUND).await?;
+    let marks = store
+        .dirty_marks_after(ROUND, after.map(|(h, s)| (h.as_str(), s.as_str())))
+        .await?;
     let mut by_season: BTreeMap<Season, Vec<&DirtyMark>> = BTreeMap::new();
     for m in &marks {
         match m.season.parse::<Season>() {
@@ -339,6 +369,7 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
         }
     }
     let max_gap = engine.policy().rules.max_gap_s;
+    let policy_digest = resume::policy_digest(engine.policy());
     let mut results = Vec::with_capacity(marks.len());
     let (mut whole, mut resumed) = (0usize, 0usize);
     for (season, marks) in by_season {
@@ -361,7 +392,7 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
             let input = household_input(h, rows);
-            let fp = resume::fingerprint(engine.policy(), &input);
+            let fp = resume::fingerprint_after(policy_digest, &input);
             let plan = m.since.and_then(|since| {
                 let old = SeasonState::from_bytes(states.get(&m.household)?)?;
                 if old.fingerprint != fp {
@@ -439,22 +470,100 @@ pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
         t = Instant::now();
     }
     read += t.elapsed();
-    let t = Instant::now();
-    let saved = store.save_round(&results, now).await?;
     add_micros(&ROUND_MICROS.read, read);
     add_micros(&ROUND_MICROS.compute, compute);
-    add_micros(&ROUND_MICROS.save, t.elapsed());
-    RESUMED_PAIRS.fetch_add(resumed as u64, Relaxed);
-    WHOLE_PAIRS.fetch_add(whole as u64, Relaxed);
-    debug!(
-        pairs = marks.len(),
+    Ok(Prepared {
+        results,
+        taken: marks.len(),
+        last: marks
+            .last()
+            .map(|m| (m.household.clone(), m.season.clone())),
         whole,
         resumed,
+    })
+}
+
+/// Stores a prepared round in one transaction; returns how many marks it took.
+async fn save(store: &Store, p: Prepared, now: i64) -> Result<usize, StoreError> {
+    let t = Instant::now();
+    let saved = store.save_round(&p.results, now).await?;
+    add_micros(&ROUND_MICROS.save, t.elapsed());
+    RESUMED_PAIRS.fetch_add(p.resumed as u64, Relaxed);
+    WHOLE_PAIRS.fetch_add(p.whole as u64, Relaxed);
+    debug!(
+        pairs = p.taken,
+        whole = p.whole,
+        resumed = p.resumed,
         written = saved.nights_written,
         unchanged = saved.nights_unchanged,
         "recompute round stored"
     );
-    Ok(marks.len())
+    Ok(p.taken)
+}
+
+/// Rounds with one save in flight: while a round's figures are written (the store's
+/// writer, its sync), the next round, of the marks after it, is read and computed. The
+/// rounds hold disjoint pairs, so the overlap changes no figure; a failed save leaves its
+/// marks dirty for a later round, as a failed [`round`] does.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    /// The save in flight: the marks it took.
+    saving: Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
+    /// The last mark of the round in flight (or last saved): the next one starts after it.
+    after: Option<(String, String)>,
+}
+
+impl Pipeline {
+    /// Prepares the next round, past the one in flight, then waits for that one and starts
+    /// saving this one; returns the marks taken. Past the last mark it starts again from
+    /// the first (after the save in flight is done, so none of its marks is read again);
+    /// 0: no mark at all, and nothing in flight.
+    pub async fn step(
+        &mut self,
+        store: &Store,
+        engine: &mut Engine,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        for _ in 0..2 {
+            if self.after.is_none() {
+                self.finish().await?;
+            }
+            let prepared = prepare(store, engine, now, self.after.as_ref()).await;
+            let saved = self.finish().await;
+            let p = match (prepared, saved) {
+                (Ok(p), Ok(())) => p,
+                (Err(e), _) | (_, Err(e)) => {
+                    self.after = None;
+                    return Err(e);
+                }
+            };
+            if p.taken == 0 {
+                if self.after.take().is_some() {
+                    continue; // from the first mark again
+                }
+                return Ok(0);
+            }
+            let taken = p.taken;
+            self.after = p.last.clone();
+            let store = store.clone();
+            self.saving = Some(tokio::spawn(async move { save(&store, p, now).await }));
+            return Ok(taken);
+        }
+        Ok(0)
+    }
+
+    /// Waits for the save in flight, if any.
+    pub async fn finish(&mut self) -> Result<(), StoreError> {
+        let Some(h) = self.saving.take() else {
+            return Ok(());
+        };
+        match h.await {
+            Ok(r) => r.map(|_| ()),
+            // A panic in the save is a bug: let it surface as one.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Cancelled),
+        }
+    }
 }
 
 /// Runs until `shutdown`: recomputes dirty pairs when ingest says so, and marks every
@@ -473,6 +582,7 @@ pub async fn run(
     }
     let mut next_close = next_close_after(&engine, clock.now());
     let mut packer = Packer::default();
+    let mut rounds = Pipeline::default();
     loop {
         let now = clock.now();
         if next_close.is_some_and(|(t, _)| now >= t) {
@@ -481,10 +591,13 @@ pub async fn run(
             }
             next_close = next_close_after(&engine, now);
         }
-        match round(&store, &mut engine, now).await {
+        match rounds.step(&store, &mut engine, now).await {
             // More may be waiting: go on without sleeping (night closes are checked first).
             Ok(n) if n > 0 => {
                 if *shutdown.borrow() {
+                    if let Err(e) = rounds.finish().await {
+                        warn!(error = %e, "saving the last recompute round failed");
+                    }
                     return;
                 }
                 tokio::task::yield_now().await;
@@ -635,7 +748,7 @@ pub fn rows_of(
     policy: &Policy,
     household: &str,
     explain: bool,
-) -> (StatementRow, Vec<NightRow>) {
+) -> (StatementRow, Vec<ComputedNight>) {
     rows_from(
         out, input, conflicts, policy, household, explain, None, false,
     )
@@ -653,7 +766,7 @@ fn rows_from(
     explain: bool,
     from: Option<Night>,
     conflict_before: bool,
-) -> (StatementRow, Vec<NightRow>) {
+) -> (StatementRow, Vec<ComputedNight>) {
     let s = &out.statement;
     let statement = StatementRow {
         household: household.into(),
@@ -672,104 +785,107 @@ fn rows_from(
     };
     let offset = UtcOffset::from_whole_seconds(policy.utc_offset_s).unwrap_or(UtcOffset::UTC);
     let cal = Calendar::new(*policy);
-    let conflicted = |n: &crate::engine::NightFigure| {
-        out.parts_of(n).iter().any(|p| {
-            let from = p.start.r1.map_or(p.start.t, |r| r.ts);
-            let to = p.end.r2.map_or(p.end.t, |r| r.ts);
-            input
-                .meters
-                .get(p.span)
-                .and_then(|m| conflicts.get(&m.meter))
-                .is_some_and(|ts| ts.iter().any(|&t| from <= t && t <= to))
-        })
-    };
-    let nights: Vec<NightRow> = out
-        .nights
+    // Most households have no conflict at all: then no night needs looking at.
+    let any_conflict = input
+        .meters
         .iter()
-        .filter(|n| from.is_none_or(|f| n.night >= f))
-        .map(|n| {
-            let mut flags: Vec<String> = n.flags.names().map(String::from).collect();
-            if conflicted(n) {
-                flags.push(READING_CONFLICT.into());
-            }
-            let row = NightRow {
-                night: n.night.to_string(),
-                wh: n.wh.0,
-                quality: n.quality.as_str().into(),
-                flags,
-                detail: String::new(),
-            };
-            let set_aside: Vec<Value> = out
-                .judged
-                .iter()
-                .filter(|j| {
-                    j.reading.ts >= n.span.0 - policy.rules.max_gap_s
-                        && j.reading.ts <= n.span.1 + policy.rules.max_gap_s
-                })
-                .map(|j| {
-                    json!({
-                        "meter": input.meters.get(j.span).map(|m| m.meter.as_str()),
-                        "ts": j.reading.ts,
-                        "at": local(j.reading.ts, offset),
-                        "e_wh": j.reading.e_wh,
-                        "verdict": j.verdict.as_str(),
-                        "text": explain_judgement(&cal, input, j),
-                        "baseline": {"ts": j.baseline.0, "e_wh": j.baseline.1},
-                    })
-                })
-                .collect();
-            if !explain {
-                // Figures only, but readings set aside stay visible to the monitor's
-                // `readings_rejected` rule (rare, so this costs nothing in the common case).
-                if set_aside.is_empty() {
-                    return row;
-                }
-                let detail = json!({ "readings_set_aside": set_aside }).to_string();
-                return NightRow { detail, ..row };
-            }
-            let parts: Vec<Value> = out
-                .parts_of(n)
-                .iter()
-                .map(|p| {
-                    let span = input.meters.get(p.span);
-                    json!({
-                        "meter": span.map(|m| m.meter.as_str()),
-                        "valid_from": span.map(|m| local(m.from, offset)),
-                        "valid_to": span.and_then(|m| m.to).map(|t| local(t, offset)),
-                        "kwh": p.wh.map(|w| w.kwh_string().to_string()),
-                        "valley_kwh": p.valley_wh.map(|w| w.kwh_string().to_string()),
-                        "flags": p.flags.names().collect::<Vec<_>>(),
-                        "start": boundary(&p.start, offset),
-                        "end": boundary(&p.end, offset),
-                    })
-                })
-                .collect();
-            let detail = json!({
-                "night": n.night.to_string(),
-                "from": local(n.span.0, offset),
-                "to": local(n.span.1, offset),
-                "kwh": n.wh.kwh_string().as_str(),
-                "quality": n.quality.as_str(),
-                "total_kwh": n.total_wh.map(|w| w.kwh_string().to_string()),
-                "valley_kwh": n.valley_wh.map(|w| w.kwh_string().to_string()),
-                "subsidised_kwh": n.subsidised_wh.kwh_string().as_str(),
-                "cumulative_kwh": n.cumulative_wh.kwh_string().as_str(),
-                "parts": parts,
-                "readings_set_aside": set_aside,
-                "text": explain_night(&cal, input, out, n),
-            });
-            NightRow {
-                detail: detail.to_string(),
-                ..row
-            }
-        })
-        .collect();
-    let mut statement = statement;
-    if conflict_before
-        || nights
+        .any(|m| conflicts.get(&m.meter).is_some_and(|ts| !ts.is_empty()));
+    let conflicted = |n: &crate::engine::NightFigure| {
+        any_conflict
+            && out.parts_of(n).iter().any(|p| {
+                let from = p.start.r1.map_or(p.start.t, |r| r.ts);
+                let to = p.end.r2.map_or(p.end.t, |r| r.ts);
+                input
+                    .meters
+                    .get(p.span)
+                    .and_then(|m| conflicts.get(&m.meter))
+                    .is_some_and(|ts| ts.iter().any(|&t| from <= t && t <= to))
+            })
+    };
+    let mut nights: Vec<ComputedNight> = Vec::with_capacity(out.nights.len());
+    nights.extend(
+        out.nights
             .iter()
-            .any(|n| n.flags.iter().any(|f| f == READING_CONFLICT))
-    {
+            .filter(|n| from.is_none_or(|f| n.night >= f))
+            .map(|n| {
+                let mut flags: Vec<&'static str> = n.flags.names().collect();
+                if conflicted(n) {
+                    flags.push(READING_CONFLICT);
+                }
+                let row = ComputedNight {
+                    night: n.night,
+                    wh: n.wh.0,
+                    quality: n.quality.as_str(),
+                    flags,
+                    detail: String::new(),
+                };
+                let set_aside: Vec<Value> = out
+                    .judged
+                    .iter()
+                    .filter(|j| {
+                        j.reading.ts >= n.span.0 - policy.rules.max_gap_s
+                            && j.reading.ts <= n.span.1 + policy.rules.max_gap_s
+                    })
+                    .map(|j| {
+                        json!({
+                            "meter": input.meters.get(j.span).map(|m| m.meter.as_str()),
+                            "ts": j.reading.ts,
+                            "at": local(j.reading.ts, offset),
+                            "e_wh": j.reading.e_wh,
+                            "verdict": j.verdict.as_str(),
+                            "text": explain_judgement(&cal, input, j),
+                            "baseline": {"ts": j.baseline.0, "e_wh": j.baseline.1},
+                        })
+                    })
+                    .collect();
+                if !explain {
+                    // Figures only, but readings set aside stay visible to the monitor's
+                    // `readings_rejected` rule (rare, so this costs nothing in the common case).
+                    if set_aside.is_empty() {
+                        return row;
+                    }
+                    let detail = json!({ "readings_set_aside": set_aside }).to_string();
+                    return ComputedNight { detail, ..row };
+                }
+                let parts: Vec<Value> = out
+                    .parts_of(n)
+                    .iter()
+                    .map(|p| {
+                        let span = input.meters.get(p.span);
+                        json!({
+                            "meter": span.map(|m| m.meter.as_str()),
+                            "valid_from": span.map(|m| local(m.from, offset)),
+                            "valid_to": span.and_then(|m| m.to).map(|t| local(t, offset)),
+                            "kwh": p.wh.map(|w| w.kwh_string().to_string()),
+                            "valley_kwh": p.valley_wh.map(|w| w.kwh_string().to_string()),
+                            "flags": p.flags.names().collect::<Vec<_>>(),
+                            "start": boundary(&p.start, offset),
+                            "end": boundary(&p.end, offset),
+                        })
+                    })
+                    .collect();
+                let detail = json!({
+                    "night": n.night.to_string(),
+                    "from": local(n.span.0, offset),
+                    "to": local(n.span.1, offset),
+                    "kwh": n.wh.kwh_string().as_str(),
+                    "quality": n.quality.as_str(),
+                    "total_kwh": n.total_wh.map(|w| w.kwh_string().to_string()),
+                    "valley_kwh": n.valley_wh.map(|w| w.kwh_string().to_string()),
+                    "subsidised_kwh": n.subsidised_wh.kwh_string().as_str(),
+                    "cumulative_kwh": n.cumulative_wh.kwh_string().as_str(),
+                    "parts": parts,
+                    "readings_set_aside": set_aside,
+                    "text": explain_night(&cal, input, out, n),
+                });
+                ComputedNight {
+                    detail: detail.to_string(),
+                    ..row
+                }
+            }),
+    );
+    let mut statement = statement;
+    if conflict_before || nights.iter().any(|n| n.flags.contains(&READING_CONFLICT)) {
         statement.flags.push(READING_CONFLICT.into());
     }
     (statement, nights)

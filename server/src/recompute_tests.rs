@@ -252,18 +252,12 @@ fn check(seed: u64, days: i64, recent: Option<bool>) -> bool {
     assert_eq!(st, st_ref, "statement, seed {seed}, plan {plan:?}");
     let tail: Vec<_> = rows_ref
         .iter()
-        .filter(|n| n.night >= from.to_string())
+        .filter(|n| n.night >= from)
         .cloned()
         .collect();
     assert_eq!(rows, tail, "recomputed nights, seed {seed}, plan {plan:?}");
-    let head_ref: Vec<_> = rows_ref
-        .iter()
-        .filter(|n| n.night < from.to_string())
-        .collect();
-    let head_old: Vec<_> = rows_old
-        .iter()
-        .filter(|n| n.night < from.to_string())
-        .collect();
+    let head_ref: Vec<_> = rows_ref.iter().filter(|n| n.night < from).collect();
+    let head_old: Vec<_> = rows_old.iter().filter(|n| n.night < from).collect();
     for (a, b) in head_ref.iter().zip(&head_old) {
         if a != b {
             eprintln!(

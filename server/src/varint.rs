@@ -33,7 +33,7 @@ impl Writer {
 /// Reads what [`Writer`] wrote; every method gives `None` on truncated or overlong input.
 pub struct Reader<'a>(pub &'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     /// One raw byte.
     pub fn byte(&mut self) -> Option<u8> {
         let (&b, rest) = self.0.split_first()?;
@@ -42,7 +42,7 @@ impl Reader<'_> {
     }
 
     /// The next `n` raw bytes.
-    pub fn take(&mut self, n: usize) -> Option<&[u8]> {
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
         self.0 = rest;
         Some(head)
@@ -73,7 +73,7 @@ impl Reader<'_> {
     }
 
     /// A length-prefixed byte string, as [`Writer::bytes`] wrote it.
-    pub fn bytes(&mut self) -> Option<&[u8]> {
+    pub fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.len()?;
         self.take(n)
     }

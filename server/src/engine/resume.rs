@@ -88,20 +88,36 @@ pub struct Plan {
 /// A stable 64-bit digest (FNV-1a) of what a household's figures depend on besides its
 /// readings: the policy, the household's power limit and its meter spans.
 pub fn fingerprint(policy: &Policy, household: &HouseholdInput) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(format!("{policy:?}").as_bytes());
-    eat(&household.max_power_w.unwrap_or(i64::MIN).to_le_bytes());
+    fingerprint_after(policy_digest(policy), household)
+}
+
+/// The FNV-1a state after a policy's bytes, where every [`fingerprint`] under that
+/// policy goes on from: computed once for a round, not per household (formatting the
+/// policy costs more than the rest of the digest).
+pub fn policy_digest(policy: &Policy) -> u64 {
+    fnv(0xcbf2_9ce4_8422_2325, format!("{policy:?}").as_bytes())
+}
+
+/// [`fingerprint`] from a [`policy_digest`].
+pub fn fingerprint_after(policy_digest: u64, household: &HouseholdInput) -> u64 {
+    let mut h = fnv(
+        policy_digest,
+        &household.max_power_w.unwrap_or(i64::MIN).to_le_bytes(),
+    );
     for m in &household.meters {
-        eat(m.meter.as_str().as_bytes());
-        eat(&[0]);
-        eat(&m.from.to_le_bytes());
-        eat(&m.to.unwrap_or(i64::MIN).to_le_bytes());
+        h = fnv(h, m.meter.as_str().as_bytes());
+        h = fnv(h, &[0]);
+        h = fnv(h, &m.from.to_le_bytes());
+        h = fnv(h, &m.to.unwrap_or(i64::MIN).to_le_bytes());
+    }
+    h
+}
+
+/// FNV-1a from state `h` over `bytes`.
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
 }

@@ -9,8 +9,9 @@ use super::packs;
 use super::sql::QueryBuilder;
 
 use super::{
-    Backend, HouseholdRow, MeterRow, NightRow, StatementRow, Store, StoreError, StoredReading,
+    Backend, ComputedNight, HouseholdRow, MeterRow, StatementRow, Store, StoreError, StoredReading,
 };
+use crate::varint::Writer;
 
 /// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
 const IDS: usize = 500;
@@ -29,8 +30,9 @@ pub struct RoundRegistry {
 pub struct SavedPair {
     /// The statement.
     pub statement: StatementRow,
-    /// The nights computed: all of them, or those from `from_night` on.
-    pub nights: Vec<NightRow>,
+    /// The nights computed: all of them, or those from `from_night` on, each once, in
+    /// night order.
+    pub nights: Vec<ComputedNight>,
     /// Generation of the dirty mark the figures came from (`None`: no mark to clear).
     pub gen: Option<i64>,
     /// The first night recomputed (`YYYY-MM-DD`): stored nights before it are kept as
@@ -137,24 +139,7 @@ impl Store {
             .iter()
             .map(|&m| (m, bound[m].unwrap_or(i64::MIN), until))
             .collect();
-        let mut covered = packs::covered(&mut conn, self.backend, &asked).await?;
-        let rows: Vec<(&str, i64, i64)> = asked
-            .iter()
-            .map(|&(m, lo, hi)| match covered.get(m) {
-                Some(&(c, _)) => (m, lo.max(c.saturating_sub(1)), hi),
-                None => (m, lo, hi),
-            })
-            .collect();
-        let mut tails = packs::rows_between(&mut conn, self.backend, &rows).await?;
-        let mut readings: HashMap<String, Vec<StoredReading>> = HashMap::with_capacity(ids.len());
-        for &m in &ids {
-            let mut got = covered.remove(m).map(|(_, r)| r).unwrap_or_default();
-            // Packs hold ts below the cover, the table's rows here ts at or above it.
-            got.extend(tails.remove(m).unwrap_or_default());
-            if !got.is_empty() {
-                readings.insert(m.to_string(), got);
-            }
-        }
+        let readings = packs::round_rows(&mut conn, self.backend, &asked).await?;
         let mut conflicts: HashMap<String, Vec<i64>> = HashMap::new();
         for ids in ids.chunks(IDS) {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
@@ -226,7 +211,7 @@ impl Store {
                 keep
             }
         };
-        // The stored nights of the round's pairs (one packed row each), by season.
+        // The stored nights of the round's pairs (one blob each), by season.
         let mut by_season: HashMap<&str, Vec<&str>> = HashMap::new();
         for p in &items {
             let s = &p.statement;
@@ -235,42 +220,93 @@ impl Store {
                 .or_default()
                 .push(s.household.as_str());
         }
-        let mut stored: HashMap<&str, HashMap<String, Vec<NightRow>>> = HashMap::new();
+        let mut stored = HashMap::new();
         for (season, households) in &by_season {
-            let got = super::nights::load(&mut tx, self.backend, season, households).await?;
-            stored.insert(season, got);
+            let got = super::nights::load_stored(&mut tx, self.backend, season, households).await?;
+            stored.insert(*season, got);
         }
         // Each pair's nights: the stored ones before its first recomputed night, then the
-        // new ones. A pair whose nights did not change is not written.
+        // new ones. A pair whose nights did not change is not written. Compared as blob
+        // records (a night's day, its encoded figures, its detail): nothing is decoded
+        // into strings.
+        let none = super::nights::StoredNights::default();
         let mut write = Vec::new();
+        let mut bodies = Writer(Vec::new());
         for p in &items {
             let s = &p.statement;
-            let old: &[NightRow] = stored
+            let old = stored
                 .get(s.season.as_str())
                 .and_then(|m| m.get(&s.household))
-                .map_or(&[], Vec::as_slice);
-            let from = p.from_night.as_deref();
-            let kept = old
+                .unwrap_or(&none);
+            let records =
+                super::nights::records(&old.packed).ok_or(StoreError::Corrupt("season_nights"))?;
+            let old_details = old
+                .details
                 .iter()
-                .take_while(|n| from.is_some_and(|f| n.night.as_str() < f));
-            let tail = &old[kept.clone().count()..];
-            if tail == p.nights.as_slice() {
-                sum.nights_unchanged += p.nights.len() as u64;
+                .map(|(n, d)| Ok((super::nights::day_of(n)?, d.as_str())))
+                .collect::<Result<HashMap<i32, &str>, StoreError>>()?;
+            let from = p
+                .from_night
+                .as_deref()
+                .map(super::nights::day_of)
+                .transpose()?;
+            let split = records
+                .iter()
+                .take_while(|(d, _)| from.is_some_and(|f| *d < f))
+                .count();
+            let (kept, tail) = records.split_at(split);
+            bodies.0.clear();
+            let mut new = Vec::with_capacity(p.nights.len());
+            for n in &p.nights {
+                let start = bodies.0.len();
+                super::nights::write_body(&mut bodies, n.wh, n.quality, n.flags.iter().copied());
+                new.push((
+                    n.night.0.to_julian_day(),
+                    start..bodies.0.len(),
+                    n.detail.as_str(),
+                ));
+            }
+            new.sort_by_key(|(d, _, _)| *d);
+            let body = |r: &std::ops::Range<usize>| bodies.0.get(r.clone()).unwrap_or_default();
+            let detail = |day: &i32| old_details.get(day).copied().unwrap_or_default();
+            let same = tail.len() == new.len()
+                && tail.iter().zip(&new).all(|((d, b), (nd, nr, ndet))| {
+                    d == nd && *b == body(nr) && detail(d) == *ndet
+                });
+            if same {
+                sum.nights_unchanged += new.len() as u64;
                 continue;
             }
-            let mut gone: HashMap<&str, &NightRow> =
-                tail.iter().map(|o| (o.night.as_str(), o)).collect();
-            for n in &p.nights {
-                match gone.remove(n.night.as_str()) {
-                    Some(o) if o == n => sum.nights_unchanged += 1,
+            let mut gone: HashMap<i32, (&[u8], &str)> =
+                tail.iter().map(|(d, b)| (*d, (*b, detail(d)))).collect();
+            for (day, r, det) in &new {
+                match gone.remove(day) {
+                    Some((b, d)) if b == body(r) && d == *det => sum.nights_unchanged += 1,
                     _ => sum.nights_written += 1,
                 }
             }
             sum.nights_removed += gone.len() as u64;
+            let packed = super::nights::assemble(
+                kept.len() + new.len(),
+                kept.iter()
+                    .copied()
+                    .chain(new.iter().map(|(d, r, _)| (*d, body(r)))),
+            );
+            let details = kept
+                .iter()
+                .filter_map(|(d, _)| Some((*d, *old_details.get(d)?)))
+                .chain(
+                    new.iter()
+                        .filter(|(_, _, det)| !det.is_empty())
+                        .map(|(d, _, det)| (*d, *det)),
+                )
+                .map(|(d, det)| (super::nights::name_of(d), det))
+                .collect();
             write.push(super::nights::PairNights {
                 household: &s.household,
                 season: &s.season,
-                nights: kept.chain(&p.nights).collect(),
+                packed,
+                details,
             });
         }
         super::nights::save(&mut tx, self.backend, &write).await?;
@@ -532,12 +568,12 @@ async fn clear_marks(
 mod tests {
     use super::*;
 
-    fn night(night: &str, wh: i64, flags: &[&str]) -> NightRow {
-        NightRow {
-            night: night.into(),
+    fn night(night: &str, wh: i64, flags: &[&'static str]) -> ComputedNight {
+        ComputedNight {
+            night: night.parse().unwrap(),
             wh,
-            quality: "actual".into(),
-            flags: flags.iter().map(|f| f.to_string()).collect(),
+            quality: "actual",
+            flags: flags.to_vec(),
             detail: String::new(),
         }
     }
@@ -601,7 +637,7 @@ mod tests {
         );
         assert_eq!(
             store.nights("hh-1", "2025-2026").await.unwrap(),
-            second[0].nights
+            rows(&second[0].nights)
         );
         assert!(store.nights("hh-2", "2025-2026").await.unwrap().is_empty());
         let s = store.statement("hh-1", "2025-2026").await.unwrap().unwrap();
@@ -617,7 +653,7 @@ mod tests {
         assert_eq!((sum.nights_written, sum.nights_unchanged), (1, 2));
         assert_eq!(
             store.nights("hh-1", "2025-2026").await.unwrap(),
-            third[0].nights
+            rows(&third[0].nights)
         );
         let sum = store.save_round(&third, 5).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
@@ -669,7 +705,7 @@ mod tests {
             .is_empty());
         assert_eq!(
             store.nights("hh-1", "2025-2026").await.unwrap(),
-            first[0].nights
+            rows(&first[0].nights)
         );
     }
 
@@ -732,7 +768,7 @@ mod tests {
                 .unwrap();
         }
         assert!(queued(store.sink_seasons(10).await.unwrap()).is_empty());
-        p.nights[0].quality = "estimated".into();
+        p.nights[0].quality = "estimated";
         let sum = store.save_round(&[p.clone()], 4).await.unwrap();
         assert_eq!((sum.nights_written, sum.statements_written), (1, 1));
         assert_eq!(
@@ -741,7 +777,11 @@ mod tests {
         );
     }
 
-    fn pair(statement: StatementRow, nights: Vec<NightRow>) -> SavedPair {
+    fn rows(nights: &[ComputedNight]) -> Vec<crate::store::NightRow> {
+        nights.iter().map(ComputedNight::to_row).collect()
+    }
+
+    fn pair(statement: StatementRow, nights: Vec<ComputedNight>) -> SavedPair {
         SavedPair {
             statement,
             nights,

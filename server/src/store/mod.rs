@@ -48,7 +48,7 @@ pub use held::{HeldKey, HeldReading};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
 pub use lease::{Lease, LeaseKind};
 pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
-pub use results::{DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
+pub use results::{ComputedNight, DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
 pub use sink::{SinkBacklog, SinkHead, SinkNight, SinkReading};
 
 /// A store failure (I/O, SQL, migration); callers log it and answer 500.
@@ -71,6 +71,10 @@ pub enum StoreError {
     /// A stored value that this version cannot read.
     #[error("store: corrupt value in {0}")]
     Corrupt(&'static str),
+    /// A write in flight was cancelled (the runtime is shutting down); nothing of it
+    /// was committed.
+    #[error("store: a write in flight was cancelled")]
+    Cancelled,
 }
 
 /// Which database a [`Store`] talks to; the SQL is shared, only locking and a few

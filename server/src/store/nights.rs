@@ -25,47 +25,52 @@ const OTHER: u8 = 0xff;
 /// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
 const IDS: usize = 500;
 
-/// Packs `nights` (any order; each night once) as the blob of one pair; the details
-/// are not in it. Fails on a night that is not a `YYYY-MM-DD` date.
-pub(super) fn pack(nights: &[&NightRow]) -> Result<Vec<u8>, StoreError> {
-    let mut days = Vec::with_capacity(nights.len());
-    for n in nights {
-        let night: Night = n
-            .night
-            .parse()
-            .map_err(|_| StoreError::Corrupt("nights.night"))?;
-        days.push((night.0.to_julian_day(), *n));
+/// Appends the figures of one night, everything its record holds after the day: the
+/// paid Wh, the quality and the flag names.
+pub(super) fn write_body<'f>(
+    w: &mut Writer,
+    wh: i64,
+    quality: &str,
+    flags: impl ExactSizeIterator<Item = &'f str>,
+) {
+    w.int(wh);
+    match QUALITIES.iter().zip(0u8..).find(|(q, _)| **q == quality) {
+        Some((_, i)) => w.0.push(i),
+        None => {
+            w.0.push(OTHER);
+            w.bytes(quality.as_bytes());
+        }
     }
-    days.sort_by_key(|(d, _)| *d);
-    let mut w = Writer(Vec::with_capacity(8 + nights.len() * 7));
+    w.uint(flags.len() as u64);
+    for f in flags {
+        w.bytes(f.as_bytes());
+    }
+}
+
+/// The blob of one pair from its `count` nights' records, `(julian day, body)` in night
+/// order, each body as [`write_body`] wrote it.
+pub(super) fn assemble<'b>(
+    count: usize,
+    records: impl Iterator<Item = (i32, &'b [u8])>,
+) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(8 + count * 7));
     w.0.push(VERSION);
-    w.uint(days.len() as u64);
+    w.uint(count as u64);
     let mut prev = 0i64;
-    for (day, n) in days {
+    for (day, body) in records {
         w.int(i64::from(day) - prev);
         prev = i64::from(day);
-        w.int(n.wh);
-        match QUALITIES.iter().zip(0u8..).find(|(q, _)| **q == n.quality) {
-            Some((_, i)) => w.0.push(i),
-            None => {
-                w.0.push(OTHER);
-                w.bytes(n.quality.as_bytes());
-            }
-        }
-        w.uint(n.flags.len() as u64);
-        for f in &n.flags {
-            w.bytes(f.as_bytes());
-        }
+        w.0.extend_from_slice(body);
     }
-    Ok(w.0)
+    w.0
 }
 
-/// The nights of a blob written by [`pack`], in night order, with empty details.
-pub(super) fn unpack(bytes: &[u8]) -> Result<Vec<NightRow>, StoreError> {
-    unpack_checked(bytes).ok_or(StoreError::Corrupt("season_nights"))
-}
-
-fn unpack_checked(bytes: &[u8]) -> Option<Vec<NightRow>> {
+/// The records of a blob, `(julian day, body)` in night order, the bodies borrowed from
+/// it; `None` when it is not a well-formed blob. An empty slice is a pair with no blob.
+pub(super) fn records(bytes: &[u8]) -> Option<Vec<(i32, &[u8])>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
     let mut r = Reader(bytes);
     if r.byte()? != VERSION {
         return None;
@@ -75,36 +80,107 @@ fn unpack_checked(bytes: &[u8]) -> Option<Vec<NightRow>> {
     let mut day = 0i64;
     for _ in 0..count {
         day = day.checked_add(r.int()?)?;
-        let date = Date::from_julian_day(i32::try_from(day).ok()?).ok()?;
-        let wh = r.int()?;
-        let quality = match r.byte()? {
-            OTHER => String::from_utf8(r.bytes()?.to_vec()).ok()?,
-            i => QUALITIES.get(usize::from(i))?.to_string(),
-        };
-        let n_flags = r.len()?;
-        let mut flags = Vec::with_capacity(n_flags.min(16));
-        for _ in 0..n_flags {
-            flags.push(String::from_utf8(r.bytes()?.to_vec()).ok()?);
-        }
-        out.push(NightRow {
-            night: Night(date).to_string(),
-            wh,
-            quality,
-            flags,
-            detail: String::new(),
-        });
+        let day = i32::try_from(day).ok()?;
+        Date::from_julian_day(day).ok()?;
+        let body = r.0;
+        read_body(&mut r)?;
+        let used = body.len() - r.0.len();
+        out.push((day, body.get(..used)?));
     }
     r.is_empty().then_some(out)
 }
 
-/// The stored nights of `households` in `season`, details included, by household.
-pub(super) async fn load(
+/// Reads one body written by [`write_body`]: `(wh, quality, flags)`.
+fn read_body<'b>(r: &mut Reader<'b>) -> Option<(i64, &'b str, Vec<&'b str>)> {
+    let wh = r.int()?;
+    let quality = match r.byte()? {
+        OTHER => std::str::from_utf8(r.bytes()?).ok()?,
+        i => QUALITIES.get(usize::from(i))?,
+    };
+    let n_flags = r.len()?;
+    let mut flags = Vec::with_capacity(n_flags.min(16));
+    for _ in 0..n_flags {
+        flags.push(std::str::from_utf8(r.bytes()?).ok()?);
+    }
+    Some((wh, quality, flags))
+}
+
+/// The julian day of a `YYYY-MM-DD` night name.
+pub(super) fn day_of(night: &str) -> Result<i32, StoreError> {
+    night
+        .parse::<Night>()
+        .map(|n| n.0.to_julian_day())
+        .map_err(|_| StoreError::Corrupt("nights.night"))
+}
+
+/// The `YYYY-MM-DD` name of a julian day (a day [`records`] accepted).
+pub(super) fn name_of(day: i32) -> String {
+    Date::from_julian_day(day)
+        .map(|d| Night(d).to_string())
+        .unwrap_or_default()
+}
+
+/// Packs `nights` (any order; each night once) as the blob of one pair; the details
+/// are not in it. Fails on a night that is not a `YYYY-MM-DD` date.
+pub(super) fn pack(nights: &[&NightRow]) -> Result<Vec<u8>, StoreError> {
+    let mut w = Writer(Vec::with_capacity(nights.len() * 7));
+    let mut bodies = Vec::with_capacity(nights.len());
+    for n in nights {
+        let start = w.0.len();
+        write_body(&mut w, n.wh, &n.quality, n.flags.iter().map(String::as_str));
+        bodies.push((day_of(&n.night)?, start..w.0.len()));
+    }
+    bodies.sort_by_key(|(d, _)| *d);
+    Ok(assemble(
+        bodies.len(),
+        bodies
+            .into_iter()
+            .map(|(d, r)| (d, w.0.get(r).unwrap_or_default())),
+    ))
+}
+
+/// The nights of a blob written by [`pack`], in night order, with empty details.
+pub(super) fn unpack(bytes: &[u8]) -> Result<Vec<NightRow>, StoreError> {
+    unpack_checked(bytes).ok_or(StoreError::Corrupt("season_nights"))
+}
+
+fn unpack_checked(bytes: &[u8]) -> Option<Vec<NightRow>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    records(bytes)?
+        .into_iter()
+        .map(|(day, body)| {
+            let (wh, quality, flags) = read_body(&mut Reader(body))?;
+            Some(NightRow {
+                night: name_of(day),
+                wh,
+                quality: quality.to_string(),
+                flags: flags.into_iter().map(String::from).collect(),
+                detail: String::new(),
+            })
+        })
+        .collect()
+}
+
+/// A pair's nights as stored: the blob (empty: none) and the details by night name.
+#[derive(Debug, Default)]
+pub(super) struct StoredNights {
+    /// The `season_nights` blob.
+    pub packed: Vec<u8>,
+    /// `(night, detail)` of the nights with a detail.
+    pub details: Vec<(String, String)>,
+}
+
+/// The stored nights of `households` in `season`, as stored, by household (a household
+/// with details but no blob is left out).
+pub(super) async fn load_stored(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
     season: &str,
     households: &[&str],
-) -> Result<HashMap<String, Vec<NightRow>>, StoreError> {
-    let mut out: HashMap<String, Vec<NightRow>> = HashMap::new();
+) -> Result<HashMap<String, StoredNights>, StoreError> {
+    let mut out: HashMap<String, StoredNights> = HashMap::new();
     for ids in households.chunks(IDS) {
         let mut qb: QueryBuilder<'_> = QueryBuilder::new(
             backend,
@@ -115,7 +191,17 @@ pub(super) async fn load(
             b.push_bind(*id);
         });
         for r in qb.build().fetch_all(&mut *conn).await? {
-            out.insert(r.get(0), unpack(r.get::<&[u8], _>(1))?);
+            let packed: Vec<u8> = r.get(1);
+            if packed.is_empty() {
+                return Err(StoreError::Corrupt("season_nights"));
+            }
+            out.insert(
+                r.get(0),
+                StoredNights {
+                    packed,
+                    details: Vec::new(),
+                },
+            );
         }
         let mut qb: QueryBuilder<'_> = QueryBuilder::new(
             backend,
@@ -126,14 +212,30 @@ pub(super) async fn load(
             b.push_bind(*id);
         });
         for r in qb.build().fetch_all(&mut *conn).await? {
-            let (hh, night): (String, String) = (r.get(0), r.get(1));
-            if let Some(n) = out
-                .get_mut(&hh)
-                .and_then(|ns| ns.iter_mut().find(|n| n.night == night))
-            {
-                n.detail = r.get(2);
+            if let Some(p) = out.get_mut(r.get::<&str, _>(0)) {
+                p.details.push((r.get(1), r.get(2)));
             }
         }
+    }
+    Ok(out)
+}
+
+/// The stored nights of `households` in `season`, details included, by household.
+pub(super) async fn load(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    season: &str,
+    households: &[&str],
+) -> Result<HashMap<String, Vec<NightRow>>, StoreError> {
+    let mut out = HashMap::new();
+    for (hh, stored) in load_stored(conn, backend, season, households).await? {
+        let mut nights = unpack(&stored.packed)?;
+        for (night, detail) in stored.details {
+            if let Some(n) = nights.iter_mut().find(|n| n.night == night) {
+                n.detail = detail;
+            }
+        }
+        out.insert(hh, nights);
     }
     Ok(out)
 }
@@ -198,8 +300,30 @@ pub(super) struct PairNights<'a> {
     pub household: &'a str,
     /// Season name.
     pub season: &'a str,
-    /// Every night of the pair, each once.
-    pub nights: Vec<&'a NightRow>,
+    /// Every night of the pair, each once, as one blob ([`assemble`], [`pack`]).
+    pub packed: Vec<u8>,
+    /// `(night, detail)` of the nights with a detail.
+    pub details: Vec<(String, &'a str)>,
+}
+
+impl<'a> PairNights<'a> {
+    /// The pair's `nights` (any order, each once), packed, with their details.
+    pub fn of(
+        household: &'a str,
+        season: &'a str,
+        nights: &'a [NightRow],
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            household,
+            season,
+            packed: pack(&nights.iter().collect::<Vec<_>>())?,
+            details: nights
+                .iter()
+                .filter(|n| !n.detail.is_empty())
+                .map(|n| (n.night.clone(), n.detail.as_str()))
+                .collect(),
+        })
+    }
 }
 
 /// Replaces the stored nights (figures and details) of each pair with its `nights`.
@@ -209,18 +333,14 @@ pub(super) async fn save(
     pairs: &[PairNights<'_>],
 ) -> Result<(), StoreError> {
     for chunk in pairs.chunks(IDS / 2) {
-        let packed = chunk
-            .iter()
-            .map(|p| pack(&p.nights))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut qb: QueryBuilder<'_> = QueryBuilder::new(
             backend,
             "INSERT INTO season_nights (household, season, packed) ",
         );
-        qb.push_values(chunk.iter().zip(packed), |mut b, (p, bytes)| {
+        qb.push_values(chunk, |mut b, p| {
             b.push_bind(p.household)
                 .push_bind(p.season)
-                .push_bind(bytes);
+                .push_bind(p.packed.as_slice());
         });
         qb.push(" ON CONFLICT (household, season) DO UPDATE SET packed = excluded.packed");
         qb.build().execute(&mut **tx).await?;
@@ -240,13 +360,12 @@ pub(super) async fn save(
         }
         qb.push(")");
         qb.build().execute(&mut **tx).await?;
-        let details: Vec<(&str, &str, &NightRow)> = chunk
+        let details: Vec<(&str, &str, &str, &str)> = chunk
             .iter()
             .flat_map(|p| {
-                p.nights
+                p.details
                     .iter()
-                    .filter(|n| !n.detail.is_empty())
-                    .map(|n| (p.household, p.season, *n))
+                    .map(|(night, detail)| (p.household, night.as_str(), p.season, *detail))
             })
             .collect();
         for rows in details.chunks(IDS / 4) {
@@ -254,11 +373,11 @@ pub(super) async fn save(
                 backend,
                 "INSERT INTO night_details (household, night, season, detail) ",
             );
-            qb.push_values(rows, |mut b, (hh, season, n)| {
+            qb.push_values(rows, |mut b, (hh, night, season, detail)| {
                 b.push_bind(*hh)
-                    .push_bind(&n.night)
+                    .push_bind(*night)
                     .push_bind(*season)
-                    .push_bind(&n.detail);
+                    .push_bind(*detail);
             });
             qb.build().execute(&mut **tx).await?;
         }
@@ -298,14 +417,10 @@ pub(super) async fn convert_legacy(
             _ => by_pair.push((key, vec![night])),
         }
     }
-    let pairs: Vec<PairNights<'_>> = by_pair
+    let pairs = by_pair
         .iter()
-        .map(|((hh, season), ns)| PairNights {
-            household: hh,
-            season,
-            nights: ns.iter().collect(),
-        })
-        .collect();
+        .map(|((hh, season), ns)| PairNights::of(hh, season, ns))
+        .collect::<Result<Vec<_>, _>>()?;
     save(tx, backend, &pairs).await?;
     sqlx::query("DELETE FROM nights_legacy")
         .execute(&mut **tx)

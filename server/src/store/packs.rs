@@ -104,45 +104,70 @@ fn decode_into(
     keep: impl Fn(i64) -> bool,
     out: &mut Vec<StoredReading>,
 ) -> Option<()> {
+    let start = out.len();
     let mut r = Reader(data);
+    let done = decode_one(&mut r, &keep, out).filter(|()| r.0.is_empty());
+    if done.is_none() {
+        out.truncate(start);
+    }
+    done
+}
+
+/// [`decode_into`] for packs written one after another (as the database concatenates a
+/// meter's packs): each is self-delimiting (a count, then its readings).
+fn decode_all_into(
+    data: &[u8],
+    keep: impl Fn(i64) -> bool,
+    out: &mut Vec<StoredReading>,
+) -> Option<()> {
+    let start = out.len();
+    let mut r = Reader(data);
+    let mut done = Some(());
+    while !r.0.is_empty() && done.is_some() {
+        done = decode_one(&mut r, &keep, out);
+    }
+    if done.is_none() {
+        out.truncate(start);
+    }
+    done
+}
+
+/// Reads one pack from `r`, appending the readings whose `ts` passes `keep`.
+fn decode_one(
+    r: &mut Reader<'_>,
+    keep: &impl Fn(i64) -> bool,
+    out: &mut Vec<StoredReading>,
+) -> Option<()> {
     if r.byte()? != VERSION {
         return None;
     }
     let n = r.len()?;
     // A reading takes 3 bytes at least: a count beyond that is corrupt, not an allocation.
-    if n > data.len() / 3 {
+    if n > r.0.len() / 3 {
         return None;
     }
-    let start = out.len();
     out.reserve(n);
     let (mut ts, mut e, mut v) = (0i64, 0i64, 0i64);
-    let mut read = || -> Option<()> {
-        for _ in 0..n {
-            ts = ts.wrapping_add(r.int()?);
-            e = e.wrapping_add(r.int()?);
-            let e_valley_wh = match r.byte()? {
-                0 => None,
-                1 => {
-                    v = v.wrapping_add(r.int()?);
-                    Some(v)
-                }
-                _ => return None,
-            };
-            if keep(ts) {
-                out.push(StoredReading {
-                    ts,
-                    e_wh: e,
-                    e_valley_wh,
-                });
+    for _ in 0..n {
+        ts = ts.wrapping_add(r.int()?);
+        e = e.wrapping_add(r.int()?);
+        let e_valley_wh = match r.byte()? {
+            0 => None,
+            1 => {
+                v = v.wrapping_add(r.int()?);
+                Some(v)
             }
+            _ => return None,
+        };
+        if keep(ts) {
+            out.push(StoredReading {
+                ts,
+                e_wh: e,
+                e_valley_wh,
+            });
         }
-        r.0.is_empty().then_some(())
-    };
-    let done = read();
-    if done.is_none() {
-        out.truncate(start);
     }
-    done
+    Some(())
 }
 
 /// What a packing pass did.
@@ -392,27 +417,35 @@ pub(super) async fn rows_between(
     Ok(out)
 }
 
-/// For each `(meter, after, before)` that has a pack cover: the cover, and its packed
-/// readings with `after < ts < before` in time order. One row a meter: the packs come
-/// hex-encoded and joined inside the database (a row a pack costs microseconds through sqlx).
-pub(super) async fn covered(
+/// The stored readings of each `(meter, after, before)` with `after < ts < before`, in
+/// time order: below the meter's pack cover from its packs, at or above it (or all, for a
+/// meter without a cover) from the readings table. One row a meter and one statement for
+/// both (a row or a statement costs microseconds through sqlx): the packs concatenated as
+/// one blob, the readings above the cover as one text.
+pub(super) async fn round_rows(
     conn: &mut AnyConnection,
     backend: Backend,
     ranges: &[(&str, i64, i64)],
-) -> Result<HashMap<String, (i64, Vec<StoredReading>)>, StoreError> {
-    let hex = match backend {
-        Backend::Sqlite => "hex(p.data)",
-        Backend::Postgres => "encode(p.data, 'hex')",
+) -> Result<HashMap<String, Vec<StoredReading>>, StoreError> {
+    const AGG: &str = "string_agg(CAST(r.ts AS TEXT) || ',' || CAST(r.e_wh AS TEXT) || ',' || \
+                       COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';')";
+    // SQLite concatenates blobs as text of the same bytes; the cast gives them back.
+    let (packs, greatest) = match backend {
+        Backend::Sqlite => ("CAST(group_concat(p.data, '') AS BLOB)", "max"),
+        Backend::Postgres => ("string_agg(p.data, ''::bytea ORDER BY p.chunk)", "GREATEST"),
     };
     let bounds: HashMap<&str, (i64, i64)> = ranges.iter().map(|&(m, a, b)| (m, (a, b))).collect();
-    let mut out = HashMap::new();
-    let mut buf = Vec::new();
+    let mut out = HashMap::with_capacity(ranges.len());
     for chunk in ranges.chunks(ROWS) {
         let mut qb = QueryBuilder::new(
             backend,
             format!(
-                "SELECT c.meter, c.upto, (SELECT string_agg({hex}, ',') FROM reading_packs p \
-                 WHERE p.meter = c.meter AND p.chunk >= w.column2 AND p.chunk <= w.column3) FROM (VALUES "
+                "SELECT w.column1, c.upto, \
+                 (SELECT {packs} FROM reading_packs p WHERE c.upto IS NOT NULL \
+                  AND p.meter = w.column1 AND p.chunk >= w.column2 AND p.chunk <= w.column3), \
+                 (SELECT {AGG} FROM readings r WHERE r.meter = w.column1 \
+                  AND r.ts > {greatest}(w.column4, COALESCE(c.upto - 1, w.column4)) AND r.ts < w.column5) \
+                 FROM (VALUES "
             ),
         );
         let mut sep = qb.separated(", ");
@@ -423,63 +456,37 @@ pub(super) async fn covered(
                 .push_bind_unseparated(chunk_of(lo.saturating_add(1)))
                 .push_unseparated(", ")
                 .push_bind_unseparated(chunk_of(hi.saturating_sub(1)))
+                .push_unseparated(", ")
+                .push_bind_unseparated(*lo)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*hi)
                 .push_unseparated(")");
         }
-        qb.push(") AS w JOIN pack_cover c ON c.meter = w.column1");
+        qb.push(") AS w LEFT JOIN pack_cover c ON c.meter = w.column1");
         for r in qb.build().fetch_all(&mut *conn).await? {
             let meter: String = r.get(0);
-            let upto: i64 = r.get(1);
-            let joined: Option<&str> = r.get(2);
+            let upto: Option<i64> = r.get(1);
+            let packed: Option<Vec<u8>> = r.get(2);
+            let above: Option<&str> = r.get(3);
             let (lo, hi) = bounds.get(meter.as_str()).copied().unwrap_or((0, 0));
-            let hi = hi.min(upto);
             let mut readings = Vec::new();
-            for h in joined.unwrap_or("").split(',').filter(|h| !h.is_empty()) {
-                unhex_into(h, &mut buf).ok_or(StoreError::Corrupt("reading_packs"))?;
-                decode_into(&buf, |t| t > lo && t < hi, &mut readings)
+            if let (Some(upto), Some(packed)) = (upto, packed) {
+                let hi = hi.min(upto);
+                decode_all_into(&packed, |t| t > lo && t < hi, &mut readings)
                     .ok_or(StoreError::Corrupt("reading_packs"))?;
+            }
+            if let Some(above) = above {
+                readings.extend(unpack_text(above)?);
             }
             if !readings.is_sorted_by_key(|r| r.ts) {
                 readings.sort_unstable_by_key(|r| r.ts);
             }
-            out.insert(meter, (upto, readings));
+            if !readings.is_empty() {
+                out.insert(meter, readings);
+            }
         }
     }
     Ok(out)
-}
-
-/// Bytes from hexadecimal digits (either case) into `out` (cleared first); `None` for
-/// anything else.
-fn unhex_into(s: &str, out: &mut Vec<u8>) -> Option<()> {
-    /// Digit values by byte; 0xff: not a digit.
-    const DIGIT: [u8; 256] = {
-        let mut t = [0xffu8; 256];
-        let mut i = 0u8;
-        while i < 10 {
-            t[(b'0' + i) as usize] = i;
-            i += 1;
-        }
-        let mut i = 0u8;
-        while i < 6 {
-            t[(b'a' + i) as usize] = 10 + i;
-            t[(b'A' + i) as usize] = 10 + i;
-            i += 1;
-        }
-        t
-    };
-    let b = s.as_bytes();
-    if b.len() % 2 != 0 {
-        return None;
-    }
-    out.clear();
-    out.reserve(b.len() / 2);
-    for p in b.chunks_exact(2) {
-        let (hi, lo) = (DIGIT[usize::from(p[0])], DIGIT[usize::from(p[1])]);
-        if hi > 15 || lo > 15 {
-            return None;
-        }
-        out.push(hi << 4 | lo);
-    }
-    Some(())
 }
 
 /// In an ingest transaction, after its readings are inserted: for each meter whose new
@@ -647,14 +654,32 @@ mod tests {
     }
 
     #[test]
-    fn hex_as_the_databases_write_it() {
-        let mut buf = vec![9];
-        unhex_into("00ff7Fa0", &mut buf).unwrap();
-        assert_eq!(buf, [0x00, 0xff, 0x7f, 0xa0]);
-        unhex_into("", &mut buf).unwrap();
-        assert!(buf.is_empty());
-        for bad in ["0", "0g", "zz", "0 ", "g0", "ÿÿ"] {
-            assert!(unhex_into(bad, &mut buf).is_none(), "{bad:?}");
+    fn packs_written_one_after_another_read_back_in_order() {
+        let a: Vec<_> = (0..5).map(|i| reading(1_000 + i, i * 7, Some(i))).collect();
+        let b: Vec<_> = (5..9).map(|i| reading(1_000 + i, i * 7, None)).collect();
+        let mut joined = encode(&a);
+        joined.extend(encode(&[]));
+        joined.extend(encode(&b));
+        let mut out = Vec::new();
+        decode_all_into(&joined, |t| t != 1_002, &mut out).unwrap();
+        let want: Vec<_> = a
+            .iter()
+            .chain(&b)
+            .filter(|r| r.ts != 1_002)
+            .copied()
+            .collect();
+        assert_eq!(out, want);
+        decode_all_into(&[], |_| true, &mut out).unwrap();
+        assert_eq!(out.len(), want.len(), "nothing: no pack");
+        // A cut anywhere but between packs is refused, and appends nothing.
+        let first = encode(&a).len();
+        for cut in 1..joined.len() {
+            let mut got = Vec::new();
+            let ok = decode_all_into(&joined[..cut], |_| true, &mut got).is_some();
+            assert_eq!(ok, cut == first || cut == first + 2, "cut at {cut}");
+            if !ok {
+                assert!(got.is_empty(), "cut at {cut}");
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Computed figures (nights, season statements), the `dirty` work list, and the reading
 //! queries the recompute feeds the engine with.
 
+use qingnuan_shared::calendar::Night;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
@@ -29,6 +30,36 @@ pub struct NightRow {
     pub flags: Vec<String>,
     /// JSON: boundaries, readings used, interpolation.
     pub detail: String,
+}
+
+/// One computed night as a recompute round hands it to the store: [`NightRow`]'s
+/// figures without its allocations (the names are the contract's own static strings;
+/// `detail` is empty but for the rare night with readings set aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputedNight {
+    /// The night (local date its window opens).
+    pub night: Night,
+    /// Paid energy, Wh (0 when missing).
+    pub wh: i64,
+    /// `actual`, `estimated` or `missing`.
+    pub quality: &'static str,
+    /// Flag names.
+    pub flags: Vec<&'static str>,
+    /// JSON, as [`NightRow::detail`].
+    pub detail: String,
+}
+
+impl ComputedNight {
+    /// The same night as a [`NightRow`].
+    pub fn to_row(&self) -> NightRow {
+        NightRow {
+            night: self.night.to_string(),
+            wh: self.wh,
+            quality: self.quality.to_string(),
+            flags: self.flags.iter().map(|f| f.to_string()).collect(),
+            detail: self.detail.clone(),
+        }
+    }
 }
 
 /// One computed season statement.
@@ -174,15 +205,42 @@ impl Store {
     /// they are claimed for [`CLAIM_S`] seconds: replicas asking at once get disjoint
     /// rounds, and marks claimed by another replica are left to it.
     pub async fn dirty_marks(&self, limit: i64) -> Result<Vec<DirtyMark>, StoreError> {
+        self.dirty_marks_after(limit, None).await
+    }
+
+    /// [`Store::dirty_marks`] after the `(household, season)` key `after` in that order
+    /// (SQLite: where a round whose save is still in flight left off; PostgreSQL's claims
+    /// already keep another round's marks out, so there `after` is not needed and ignored).
+    pub async fn dirty_marks_after(
+        &self,
+        limit: i64,
+        after: Option<(&str, &str)>,
+    ) -> Result<Vec<DirtyMark>, StoreError> {
         let rows = match self.backend {
-            super::Backend::Sqlite => {
-                sqlx::query(
-                    "SELECT household, season, gen, since FROM dirty ORDER BY household, season LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
+            super::Backend::Sqlite => match after {
+                None => {
+                    sqlx::query(
+                        "SELECT household, season, gen, since FROM dirty ORDER BY household, season LIMIT $1",
+                    )
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                // `household >= …` bounds the key walk; the rest skips the key itself.
+                Some((household, season)) => {
+                    sqlx::query(
+                        "SELECT household, season, gen, since FROM dirty
+                         WHERE household >= $1 AND (household > $2 OR season > $3)
+                         ORDER BY household, season LIMIT $4",
+                    )
+                    .bind(household)
+                    .bind(household)
+                    .bind(season)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            },
             super::Backend::Postgres => {
                 let mut rows = sqlx::query(&format!(
                     r#"WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT) AS t),
@@ -435,11 +493,7 @@ async fn save_one(
         .bind(&statement.season)
         .execute(&mut **tx)
         .await?;
-    let pair = super::nights::PairNights {
-        household: &statement.household,
-        season: &statement.season,
-        nights: nights.iter().collect(),
-    };
+    let pair = super::nights::PairNights::of(&statement.household, &statement.season, nights)?;
     super::nights::save(tx, backend, &[pair]).await?;
     super::bulk::save_statements(tx, backend, &[(statement, gen)], now).await
 }

@@ -73,7 +73,12 @@ pub fn reference(
         let season = compute_household_season(&policy, SEASON, now, &input, &readings);
         let (st, nights) =
             recompute::rows_of(&season, &input, &HashMap::new(), &policy, &h.id, false);
-        let nights = Value::Array(nights.iter().map(export::night_json).collect());
+        let nights = Value::Array(
+            nights
+                .iter()
+                .map(|n| export::night_json(&n.to_row()))
+                .collect(),
+        );
         out.insert(h.id.clone(), (export::statement_json(&st), nights));
     }
     out
