@@ -314,16 +314,6 @@ pub async fn drain(store: &Store, engine: &mut Engine, now: i64) -> Result<usize
     }
 }
 
-/// Recomputes up to [`ROUND`] dirty pairs and stores them in one transaction; returns
-/// how many it took. Reads and writes in bulk: a few queries per season in the round,
-/// and only the nights whose figures changed are rewritten. A pair marked with the
-/// instant its new readings start, and saved with a resume state, is recomputed only
-/// from the nights those readings can change (engine/resume.rs); any other, whole.
-pub async fn round(store: &Store, engine: &mut Engine, now: i64) -> Result<usize, StoreError> {
-    let p = prepare(store, engine, now, None).await?;
-    save(store, p, now).await
-}
-
 /// A round computed and not saved yet.
 struct Prepared {
     /// The pairs' figures, states and mark generations.
@@ -497,10 +487,16 @@ async fn save(store: &Store, p: Prepared, now: i64) -> Result<usize, StoreError>
     Ok(p.taken)
 }
 
-/// Rounds with one save in flight: while a round's figures are written (the store's
+/// Recompute rounds: each takes up to [`ROUND`] dirty pairs and stores them in one
+/// transaction. Reads and writes in bulk: a few queries per season in the round, and only
+/// the nights whose figures changed are rewritten. A pair marked with the instant its new
+/// readings start, and saved with a resume state, is recomputed only from the nights those
+/// readings can change (engine/resume.rs); any other, whole.
+///
+/// One save is in flight at a time: while a round's figures are written (the store's
 /// writer, its sync), the next round, of the marks after it, is read and computed. The
 /// rounds hold disjoint pairs, so the overlap changes no figure; a failed save leaves its
-/// marks dirty for a later round, as a failed [`round`] does.
+/// marks dirty for a later round.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     /// The save in flight: the marks it took.
