@@ -93,28 +93,14 @@ pub fn encode(readings: &[StoredReading]) -> Vec<u8> {
 /// What [`encode`] packed; `None` for anything else (a corrupt or foreign blob).
 pub fn decode(data: &[u8]) -> Option<Vec<StoredReading>> {
     let mut out = Vec::new();
-    decode_into(data, |_| true, &mut out)?;
-    Some(out)
-}
-
-/// [`decode`], appending the readings whose `ts` passes `keep` to `out` (nothing is
-/// appended from a blob that turns out corrupt).
-fn decode_into(
-    data: &[u8],
-    keep: impl Fn(i64) -> bool,
-    out: &mut Vec<StoredReading>,
-) -> Option<()> {
-    let start = out.len();
     let mut r = Reader(data);
-    let done = decode_one(&mut r, &keep, out).filter(|()| r.0.is_empty());
-    if done.is_none() {
-        out.truncate(start);
-    }
-    done
+    decode_one(&mut r, &|_| true, &mut out)?;
+    r.0.is_empty().then_some(out)
 }
 
-/// [`decode_into`] for packs written one after another (as the database concatenates a
-/// meter's packs): each is self-delimiting (a count, then its readings).
+/// Appends the readings whose `ts` passes `keep` from packs written one after another (as
+/// the database concatenates a meter's packs; each is self-delimiting: a count, then its
+/// readings) to `out`; nothing is appended from data that turns out corrupt.
 fn decode_all_into(
     data: &[u8],
     keep: impl Fn(i64) -> bool,
@@ -711,12 +697,12 @@ mod tests {
         let rs: Vec<_> = (0..10).map(|i| reading(1_000 + i, i * 7, None)).collect();
         let good = encode(&rs);
         let mut out = vec![reading(1, 1, None)];
-        decode_into(&good, |t| t > 1_003 && t < 1_007, &mut out).unwrap();
+        decode_all_into(&good, |t| t > 1_003 && t < 1_007, &mut out).unwrap();
         assert_eq!(
             out.iter().map(|r| r.ts).collect::<Vec<_>>(),
             [1, 1_004, 1_005, 1_006]
         );
-        decode_into(&good[..good.len() - 1], |_| true, &mut out)
+        decode_all_into(&good[..good.len() - 1], |_| true, &mut out)
             .ok_or(())
             .unwrap_err();
         assert_eq!(out.len(), 4, "a damaged pack appends nothing");
