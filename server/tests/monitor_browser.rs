@@ -232,23 +232,36 @@ struct WebDriver {
 
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-async fn wd_call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+/// One WebDriver request; the parsed answer, or the transport's error (connection refused
+/// or reset: chromedriver not listening yet, or gone).
+async fn try_wd_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
     // chromedriver keeps the connection open: read the head, then Content-Length bytes.
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
+    let closed = || {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{method} {path}: connection closed early"),
+        )
+    };
     let (head_len, body_len) = loop {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "{method} {path}: connection closed early");
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(closed());
+        }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
@@ -261,60 +274,105 @@ async fn wd_call(port: u16, method: &str, path: &str, body: Option<&Value>) -> V
         }
     };
     while buf.len() < head_len + body_len {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "{method} {path}: connection closed early");
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(closed());
+        }
         buf.extend_from_slice(&chunk[..n]);
     }
     let json = String::from_utf8_lossy(&buf[head_len..head_len + body_len]).into_owned();
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{method} {path}: {e}: {json}"))
+    Ok(serde_json::from_str(&json).unwrap_or_else(|e| panic!("{method} {path}: {e}: {json}")))
+}
+
+/// A WebDriver request to a session that is up: a transport error fails the test.
+async fn wd_call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    try_wd_call(port, method, path, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// A free port, by binding port 0 and letting it go (another process may take it
+/// before chromedriver does: `WebDriver::start` retries with a fresh one).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 impl WebDriver {
+    /// Starts chromedriver and a headless Chromium session. A start whose session request
+    /// fails in transport (CI saw "connection reset by peer" once: the port taken by
+    /// another process, or chromedriver gone) is retried with a new chromedriver on a
+    /// new port, up to three times; chromedriver's log is kept in the profile directory
+    /// and printed when every attempt failed.
     async fn start(profile: &Path) -> WebDriver {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
         assert!(
             Path::new("/usr/bin/chromedriver").exists(),
             "chromedriver is needed: apt-get install -y chromium chromium-driver"
         );
-        let driver = tokio::process::Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
+        let mut failures = Vec::new();
+        for attempt in 1..=3 {
+            let port = free_port();
+            let log = profile.join(format!("chromedriver-{attempt}.log"));
+            let mut driver = tokio::process::Command::new("/usr/bin/chromedriver")
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                    || driver.try_wait().ok().flatten().is_some()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let data_dir = profile.join(format!("browser-{attempt}"));
+            let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {"binary": CHROMIUM, "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", "--window-size=1280,1000", format!("--user-data-dir={}", data_dir.display()),
+                ]},
+            }}});
+            match try_wd_call(port, "POST", "/session", Some(&caps)).await {
+                Ok(v) => {
+                    let session = v["value"]["sessionId"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("no session: {v}"))
+                        .to_string();
+                    let browser_pid = v["value"]["capabilities"]["goog:processID"].as_u64();
+                    return WebDriver {
+                        port,
+                        session,
+                        browser_pid,
+                        _driver: driver,
+                    };
+                }
+                Err(e) => {
+                    let exited = driver.try_wait().ok().flatten();
+                    let _ = driver.kill().await;
+                    let tail: String = std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    eprintln!("chromedriver attempt {attempt} on port {port}: {e} (exited: {exited:?})\n{tail}");
+                    failures.push(format!("attempt {attempt}: {e}\n{tail}"));
+                }
+            }
         }
-        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1280,1000", format!("--user-data-dir={}", profile.display()),
-            ]},
-        }}});
-        let v = wd_call(port, "POST", "/session", Some(&caps)).await;
-        let session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {v}"))
-            .to_string();
-        let browser_pid = v["value"]["capabilities"]["goog:processID"].as_u64();
-        WebDriver {
-            port,
-            session,
-            browser_pid,
-            _driver: driver,
-        }
+        panic!("chromedriver gave no session:\n{}", failures.join("\n"));
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
