@@ -357,8 +357,6 @@ async fn prepare(
     let (mut whole, mut resumed) = (0usize, 0usize);
     for (season, marks) in by_season {
         let name = season.to_string();
-        let ids: Vec<&str> = marks.iter().map(|m| m.mark.household.as_str()).collect();
-        let meters = store.round_meters(&ids).await?;
         let frame = engine.frame(season, now);
         let mut jobs = Vec::with_capacity(marks.len());
         let mut bounds = Vec::new();
@@ -369,8 +367,7 @@ async fn prepare(
                 store.clear_dirty(&m.household, &name, m.gen).await?;
                 continue;
             };
-            let rows = meters.get(&m.household).map(Vec::as_slice).unwrap_or(&[]);
-            let input = household_input(h, rows);
+            let input = household_input(h, &rm.meters);
             let fp = resume::fingerprint_after(policy_digest, &input);
             let plan = m.since.and_then(|since| {
                 let old = SeasonState::from_bytes(rm.state.as_deref()?)?;

@@ -471,6 +471,28 @@ async fn exercise(store: &Store) -> String {
         let _ = writeln!(out, "pack_all {:?}", store.pack_all(top).await.unwrap());
     }
     out.push_str(&dump(store, 6).await);
+
+    // A round's marks carry each household's meters, oldest installation first, then by
+    // id (byte order on both backends).
+    let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
+               hh-x,怀柔区,雁栖镇,东村,100,air_source_heat_pump,b9,2025-11-01,,gw-0,\n\
+               hh-x,怀柔区,雁栖镇,东村,100,air_source_heat_pump,B9,2025-11-01,,gw-1,\n\
+               hh-x,怀柔区,雁栖镇,东村,100,air_source_heat_pump,z9,2025-10-01,2025-11-01,gw-1,\n";
+    registry::import(store, csv.as_bytes(), &policy, "test", NOW)
+        .await
+        .unwrap();
+    store
+        .mark_dirty(&[("hh-x".into(), SEASON.into())])
+        .await
+        .unwrap();
+    for m in store.round_marks(100, None).await.unwrap() {
+        let meters: Vec<_> = m
+            .meters
+            .iter()
+            .map(|r| (&r.meter, r.valid_from, r.valid_to, &r.gateway))
+            .collect();
+        let _ = writeln!(out, "round_mark {} {meters:?}", m.mark.household);
+    }
     out
 }
 
@@ -499,6 +521,7 @@ async fn every_store_call_answers_the_same_on_both_backends() {
         "late CommitSummary { new_readings: 1, repeats: 0, conflicts: 0, quarantined: 0, dirty: 1, packs_invalidated: 1 }",
         "pack_counts (7, 4)\nround 385 = 385\n",
         "pack_counts (7, 5)\nround 385 = 385\n",
+        "round_mark hh-x [(\"z9\", 1759248000, Some(1761926400), \"gw-1\"), (\"B9\", 1761926400, None, \"gw-1\"), (\"b9\", 1761926400, None, \"gw-0\")]",
     ] {
         assert!(on_sqlite.contains(want), "{want:?} not in\n{on_sqlite}");
     }

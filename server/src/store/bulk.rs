@@ -27,6 +27,9 @@ pub struct RoundMark {
     pub household: Option<HouseholdRow>,
     /// The pair's saved resume state (engine/resume.rs bytes), if any.
     pub state: Option<Vec<u8>>,
+    /// The household's meters, oldest installation first (empty: none, or not in the
+    /// registry).
+    pub meters: Vec<MeterRow>,
 }
 
 /// The figures of one (household, season) pair, as a round saves them.
@@ -68,7 +71,7 @@ pub struct SaveSummary {
 
 impl Store {
     /// Up to `limit` dirty marks in `(household, season)` order, each with its household's
-    /// registry row and the pair's saved resume state. SQLite: after the key `after` (where
+    /// registry row and meters and the pair's saved resume state. SQLite: after the key `after` (where
     /// a round whose save is still in flight left off). PostgreSQL: the marks are claimed
     /// for [`CLAIM_S`] seconds, so replicas asking at once get disjoint rounds and marks
     /// claimed by another replica (or a round in flight) are left out; `after` is not
@@ -78,16 +81,29 @@ impl Store {
         limit: i64,
         after: Option<(&str, &str)>,
     ) -> Result<Vec<RoundMark>, StoreError> {
-        const COLUMNS: &str =
+        // The household's meters ride along as one JSON array each (oldest installation
+        // first): a round reads its registry in the marks' statement, not in one more.
+        let meters = match self.backend {
+            Backend::Sqlite => {
+                "(SELECT json_group_array(json_array(m.meter, m.valid_from, m.valid_to, m.gateway) \
+                 ORDER BY m.valid_from, m.meter) FROM meters m WHERE m.household = d.household)"
+            }
+            Backend::Postgres => {
+                r#"(SELECT CAST(json_agg(json_build_array(m.meter, m.valid_from, m.valid_to, m.gateway)
+                   ORDER BY m.valid_from, m.meter COLLATE "C") AS TEXT) FROM meters m WHERE m.household = d.household)"#
+            }
+        };
+        let columns = format!(
             "d.household, d.season, d.gen, d.since, s.state, h.id, h.district, h.town, \
-             h.village, h.heating_area_m2, h.device, h.max_power_w";
+             h.village, h.heating_area_m2, h.device, h.max_power_w, {meters}"
+        );
         const JOINS: &str =
             "LEFT JOIN season_state s ON s.household = d.household AND s.season = d.season \
              LEFT JOIN households h ON h.id = d.household";
         let rows = match (self.backend, after) {
             (Backend::Sqlite, None) => {
                 sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM dirty d {JOINS} ORDER BY d.household, d.season LIMIT $1"
+                    "SELECT {columns} FROM dirty d {JOINS} ORDER BY d.household, d.season LIMIT $1"
                 ))
                 .bind(limit)
                 .fetch_all(&self.pool)
@@ -96,7 +112,7 @@ impl Store {
             // `household >= …` bounds the key walk; the rest skips the key itself.
             (Backend::Sqlite, Some((household, season))) => {
                 sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM dirty d {JOINS}
+                    "SELECT {columns} FROM dirty d {JOINS}
                      WHERE d.household >= $1 AND (d.household > $2 OR d.season > $3)
                      ORDER BY d.household, d.season LIMIT $4"
                 ))
@@ -119,7 +135,7 @@ impl Store {
                           UPDATE dirty SET claimed_until = (SELECT t FROM now) + {CLAIM_S}
                           FROM round WHERE dirty.household = round.household AND dirty.season = round.season
                           RETURNING dirty.household, dirty.season, dirty.gen, dirty.since)
-                       SELECT {COLUMNS} FROM d {JOINS}
+                       SELECT {columns} FROM d {JOINS}
                        ORDER BY d.household COLLATE "C", d.season COLLATE "C""#
                 ))
                 .bind(limit)
@@ -127,13 +143,29 @@ impl Store {
                 .await?
             }
         };
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|r| {
                 let id: Option<String> = r.get(5);
-                RoundMark {
+                let household: String = r.get(0);
+                let meters = match r.get::<Option<&str>, _>(12) {
+                    Some(json) => {
+                        serde_json::from_str::<Vec<(String, i64, Option<i64>, String)>>(json)
+                            .map_err(|_| StoreError::Corrupt("meters"))?
+                            .into_iter()
+                            .map(|(meter, valid_from, valid_to, gateway)| MeterRow {
+                                household: household.clone(),
+                                meter,
+                                valid_from,
+                                valid_to,
+                                gateway,
+                            })
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                Ok(RoundMark {
                     mark: DirtyMark {
-                        household: r.get(0),
+                        household,
                         season: r.get(1),
                         gen: r.get(2),
                         since: r.get(3),
@@ -148,39 +180,10 @@ impl Store {
                         device: r.get(10),
                         max_power_w: r.get(11),
                     }),
-                }
+                    meters,
+                })
             })
-            .collect())
-    }
-
-    /// The meters of `households`, by household, oldest installation first.
-    pub async fn round_meters(
-        &self,
-        households: &[&str],
-    ) -> Result<HashMap<String, Vec<MeterRow>>, StoreError> {
-        let mut out: HashMap<String, Vec<MeterRow>> = HashMap::with_capacity(households.len());
-        let mut conn = self.pool.acquire().await?;
-        for ids in households.chunks(IDS) {
-            let mut qb: QueryBuilder<'_> = QueryBuilder::new(
-                self.backend,
-                "SELECT household, meter, valid_from, valid_to, gateway FROM meters WHERE household IN ",
-            );
-            qb.push_tuples(ids, |mut b, id| {
-                b.push_bind(*id);
-            });
-            qb.push(" ORDER BY household, valid_from, meter");
-            for r in qb.build().fetch_all(&mut *conn).await? {
-                let m = MeterRow {
-                    household: r.get(0),
-                    meter: r.get(1),
-                    valid_from: r.get(2),
-                    valid_to: r.get(3),
-                    gateway: r.get(4),
-                };
-                out.entry(m.household.clone()).or_default().push(m);
-            }
-        }
-        Ok(out)
+            .collect()
     }
 
     /// Readings with `lower < ts < until` of each `(meter, lower)` (`None`: no lower
@@ -804,7 +807,9 @@ mod tests {
     async fn round_marks_come_in_key_order_after_the_cursor_with_household_and_state() {
         let store = Store::open("sqlite::memory:").await.unwrap();
         let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
-                   hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,2500\n";
+                   hh-1,d,t,v,100,hp,m0,2025-12-01,,gw-1,2500\n\
+                   hh-1,d,t,v,100,hp,m2,2025-10-01,2025-12-01,gw-1,2500\n\
+                   hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-2,2500\n";
         let policy = qingnuan_shared::policy::Policy::beijing_2018();
         crate::registry::import(&store, csv.as_bytes(), &policy, "test", 0)
             .await
@@ -839,6 +844,34 @@ mod tests {
         assert_eq!(got[0].state, None);
         assert_eq!(got[1].state, Some(vec![4, 2]), "the pair's own state");
         assert!(got[2].household.is_none(), "hh-2 is not in the registry");
+        // Its meters, oldest installation first (then by id), with their registry fields.
+        let meters = |m: &RoundMark| {
+            m.meters
+                .iter()
+                .map(|r| {
+                    let (from, to) = (r.valid_from, r.valid_to);
+                    (
+                        r.household.clone(),
+                        r.meter.clone(),
+                        from,
+                        to,
+                        r.gateway.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let (oct, dec) = (1_759_248_000, 1_764_518_400); // 2025-10-01, 2025-12-01 +08:00
+        let hh = |m: &str, from, to, gw: &str| {
+            ("hh-1".to_string(), m.to_string(), from, to, gw.to_string())
+        };
+        let want_meters = vec![
+            hh("m1", oct, None, "gw-2"),
+            hh("m2", oct, Some(dec), "gw-1"),
+            hh("m0", dec, None, "gw-1"),
+        ];
+        assert_eq!(meters(&got[0]), want_meters);
+        assert_eq!(meters(&got[1]), want_meters, "each season's mark");
+        assert!(got[2].meters.is_empty());
         for (after, n) in [(0, 2), (1, 1), (2, 0)] {
             let a = &want[after];
             let rest = store.round_marks(10, Some((&a.0, &a.1))).await.unwrap();
