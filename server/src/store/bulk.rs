@@ -359,18 +359,12 @@ impl Store {
             .iter()
             .map(|p| (p.statement.household.as_str(), p.statement.season.as_str()))
             .collect();
-        let select =
-            super::results::STATEMENT_SELECT.replace(" FROM statements s", " FROM (VALUES ");
+        let select = super::results::STATEMENT_SELECT.replace(" FROM statements s", " FROM (");
         for chunk in keys.chunks(IDS / 2) {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(self.backend, select.as_str());
-            let mut sep = qb.separated(", ");
-            for (hh, season) in chunk {
-                sep.push("(")
-                    .push_bind_unseparated(*hh)
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(*season)
-                    .push_unseparated(")");
-            }
+            qb.push_values(chunk, |mut b, (hh, season)| {
+                b.push_bind(*hh).push_bind(*season);
+            });
             qb.push(") AS w JOIN statements s ON s.household = w.column1 AND s.season = w.column2");
             for r in qb.build().fetch_all(&mut *tx).await? {
                 let st = super::results::statement_row(&r)?;
@@ -450,16 +444,12 @@ async fn save_states(
     if !without.is_empty() {
         let mut qb: QueryBuilder<'_> = QueryBuilder::new(
             backend,
-            "DELETE FROM season_state WHERE (household, season) IN (VALUES ",
+            "DELETE FROM season_state WHERE (household, season) IN (",
         );
-        let mut sep = qb.separated(", ");
-        for s in without {
-            sep.push("(")
-                .push_bind_unseparated(s.household.as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(s.season.as_str())
-                .push_unseparated(")");
-        }
+        qb.push_values(without, |mut b, s| {
+            b.push_bind(s.household.as_str())
+                .push_bind(s.season.as_str());
+        });
         qb.push(")");
         qb.build().execute(&mut **tx).await?;
     }
@@ -489,16 +479,11 @@ pub(super) async fn fresh<'i, T>(
     for chunk in keys.chunks(IDS) {
         let mut qb: QueryBuilder<'_> = QueryBuilder::new(
             Backend::Postgres,
-            "SELECT household, season, gen FROM dirty WHERE (household, season) IN (VALUES ",
+            "SELECT household, season, gen FROM dirty WHERE (household, season) IN (",
         );
-        let mut sep = qb.separated(", ");
-        for (hh, season) in chunk {
-            sep.push("(")
-                .push_bind_unseparated(*hh)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*season)
-                .push_unseparated(")");
-        }
+        qb.push_values(chunk, |mut b, (hh, season)| {
+            b.push_bind(*hh).push_bind(*season);
+        });
         qb.push(r#") ORDER BY household COLLATE "C", season COLLATE "C" FOR UPDATE"#);
         for r in qb.build().fetch_all(&mut **tx).await? {
             current.insert((r.get(0), r.get(1)), r.get::<i64, _>(2));
@@ -585,18 +570,11 @@ async fn clear_marks(
     }
     let mut qb: QueryBuilder<'_> = QueryBuilder::new(
         backend,
-        "DELETE FROM dirty WHERE (household, season, gen) IN (VALUES ",
+        "DELETE FROM dirty WHERE (household, season, gen) IN (",
     );
-    let mut sep = qb.separated(", ");
-    for (hh, season, gen) in marks {
-        sep.push("(")
-            .push_bind_unseparated(*hh)
-            .push_unseparated(", ")
-            .push_bind_unseparated(*season)
-            .push_unseparated(", ")
-            .push_bind_unseparated(*gen)
-            .push_unseparated(")");
-    }
+    qb.push_values(marks, |mut b, (hh, season, gen)| {
+        b.push_bind(*hh).push_bind(*season).push_bind(*gen);
+    });
     qb.push(")");
     qb.build().execute(&mut **tx).await?;
     Ok(())

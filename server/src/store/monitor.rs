@@ -119,13 +119,12 @@ pub(super) async fn fold_in(
         qb.build().execute(&mut **tx).await?;
         let mut qb = QueryBuilder::new(
             backend,
-            "SELECT id, state_json FROM monitor_gateways WHERE id IN (",
+            "SELECT id, state_json FROM monitor_gateways WHERE id IN ",
         );
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.to_string());
-        }
-        qb.push(")").push(lock);
+        qb.push_tuples(chunk, |mut b, id| {
+            b.push_bind(id.to_string());
+        });
+        qb.push(lock);
         for r in qb.build().fetch_all(&mut **tx).await? {
             let id: String = r.get(0);
             let state = serde_json::from_str(r.get::<&str, _>(1)).unwrap_or_else(|e| {
@@ -151,13 +150,12 @@ pub(super) async fn fold_in(
         qb.build().execute(&mut **tx).await?;
         let mut qb = QueryBuilder::new(
             backend,
-            "SELECT meter, gateway, state_json FROM monitor_meters WHERE meter IN (",
+            "SELECT meter, gateway, state_json FROM monitor_meters WHERE meter IN ",
         );
-        let mut sep = qb.separated(", ");
-        for (meter, _) in chunk {
-            sep.push_bind(meter.to_string());
-        }
-        qb.push(")").push(lock);
+        qb.push_tuples(chunk, |mut b, (meter, _)| {
+            b.push_bind(meter.to_string());
+        });
+        qb.push(lock);
         for r in qb.build().fetch_all(&mut **tx).await? {
             let meter: String = r.get(0);
             let state = serde_json::from_str(r.get::<&str, _>(2)).unwrap_or_else(|e| {
@@ -238,12 +236,10 @@ impl Store {
             if ids.is_empty() {
                 return Ok(BTreeMap::new());
             }
-            qb.push(" WHERE id IN (");
-            let mut sep = qb.separated(", ");
-            for id in ids {
-                sep.push_bind(id);
-            }
-            qb.push(")");
+            qb.push(" WHERE id IN ");
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(id);
+            });
         }
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
@@ -268,12 +264,10 @@ impl Store {
             if ids.is_empty() {
                 return Ok(BTreeMap::new());
             }
-            qb.push(" WHERE meter IN (");
-            let mut sep = qb.separated(", ");
-            for id in ids {
-                sep.push_bind(id);
-            }
-            qb.push(")");
+            qb.push(" WHERE meter IN ");
+            qb.push_tuples(ids, |mut b, id| {
+                b.push_bind(id);
+            });
         }
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()

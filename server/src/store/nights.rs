@@ -348,16 +348,11 @@ pub(super) async fn save(
         // the new ones come.
         let mut qb: QueryBuilder<'_> = QueryBuilder::new(
             backend,
-            "DELETE FROM night_details WHERE (household, season) IN (VALUES ",
+            "DELETE FROM night_details WHERE (household, season) IN (",
         );
-        let mut sep = qb.separated(", ");
-        for p in chunk {
-            sep.push("(")
-                .push_bind_unseparated(p.household)
-                .push_unseparated(", ")
-                .push_bind_unseparated(p.season)
-                .push_unseparated(")");
-        }
+        qb.push_values(chunk, |mut b, p| {
+            b.push_bind(p.household).push_bind(p.season);
+        });
         qb.push(")");
         qb.build().execute(&mut **tx).await?;
         let details: Vec<(&str, &str, &str, &str)> = chunk

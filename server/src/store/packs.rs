@@ -382,17 +382,10 @@ pub(super) async fn rows_between(
         }
     }
     for chunk in single.chunks(ROWS) {
-        let mut qb = QueryBuilder::new(backend, format!("SELECT r.meter, {AGG} FROM (VALUES "));
-        let mut sep = qb.separated(", ");
-        for (m, lo, hi) in chunk {
-            sep.push("(")
-                .push_bind_unseparated(*m)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*lo)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*hi)
-                .push_unseparated(")");
-        }
+        let mut qb = QueryBuilder::new(backend, format!("SELECT r.meter, {AGG} FROM ("));
+        qb.push_values(chunk, |mut b, (m, lo, hi)| {
+            b.push_bind(*m).push_bind(*lo).push_bind(*hi);
+        });
         qb.push(
             ") AS w JOIN readings r ON r.meter = w.column1 AND r.ts > w.column2 AND r.ts < w.column3 \
              GROUP BY r.meter",
@@ -445,23 +438,16 @@ pub(super) async fn round_rows(
                   AND r.ts > {greatest}(w.column4, COALESCE(c.upto - 1, w.column4)) AND r.ts < w.column5), \
                  (SELECT string_agg(CAST(x.ts AS TEXT), ',') FROM \
                   (SELECT DISTINCT k.ts FROM reading_conflicts k WHERE k.meter = w.column1) x) \
-                 FROM (VALUES "
+                 FROM ("
             ),
         );
-        let mut sep = qb.separated(", ");
-        for (m, lo, hi) in chunk {
-            sep.push("(")
-                .push_bind_unseparated(*m)
-                .push_unseparated(", ")
-                .push_bind_unseparated(chunk_of(lo.saturating_add(1)))
-                .push_unseparated(", ")
-                .push_bind_unseparated(chunk_of(hi.saturating_sub(1)))
-                .push_unseparated(", ")
-                .push_bind_unseparated(*lo)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*hi)
-                .push_unseparated(")");
-        }
+        qb.push_values(chunk, |mut b, (m, lo, hi)| {
+            b.push_bind(*m)
+                .push_bind(chunk_of(lo.saturating_add(1)))
+                .push_bind(chunk_of(hi.saturating_sub(1)))
+                .push_bind(*lo)
+                .push_bind(*hi);
+        });
         qb.push(") AS w LEFT JOIN pack_cover c ON c.meter = w.column1");
         for r in qb.build().fetch_all(&mut *conn).await? {
             let meter: String = r.get(0);

@@ -192,13 +192,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut n = 0;
         for chunk in head.seqs.chunks(ACK_CHUNK) {
-            let mut qb =
-                QueryBuilder::new(self.backend, "DELETE FROM sink_readings WHERE seq IN (");
-            let mut sep = qb.separated(", ");
-            for &seq in chunk {
-                sep.push_bind(seq);
-            }
-            qb.push(")");
+            let mut qb = QueryBuilder::new(self.backend, "DELETE FROM sink_readings WHERE seq IN ");
+            qb.push_tuples(chunk, |mut b, &seq| {
+                b.push_bind(seq);
+            });
             n += qb.build().execute(&mut *tx).await?.rows_affected();
         }
         if dropped {
