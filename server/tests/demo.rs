@@ -331,12 +331,9 @@ fn the_demo_runs_a_village_whose_nights_match_the_truth() {
     eprintln!("test done after {:?}", started.elapsed());
 }
 
-/// A free loopback port (released at once; the race is acceptable in a test).
+/// A free loopback port (below the ephemeral range: qingnuan_tests::broker::free_port).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    qingnuan_tests::broker::free_port().expect("free port")
 }
 
 #[test]

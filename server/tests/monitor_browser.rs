@@ -291,17 +291,11 @@ async fn wd_call(port: u16, method: &str, path: &str, body: Option<&Value>) -> V
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-/// A free port, by binding port 0 and letting it go (another process may take it
-/// before chromedriver does: `WebDriver::start` retries with a fresh one).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 impl WebDriver {
-    /// Starts chromedriver and a headless Chromium session. A start whose session request
-    /// fails in transport (CI saw "connection reset by peer" once: the port taken by
-    /// another process, or chromedriver gone) is retried with a new chromedriver on a
+    /// Starts chromedriver and a headless Chromium session, on a port below the ephemeral
+    /// range (`free_port`: CI once saw "connection reset by peer" on a port from
+    /// `bind(0)`, taken by another process before chromedriver bound it). A start whose
+    /// session request still fails in transport is retried with a new chromedriver on a
     /// new port, up to three times; chromedriver's log is kept in the profile directory
     /// and printed when every attempt failed.
     async fn start(profile: &Path) -> WebDriver {
@@ -311,7 +305,7 @@ impl WebDriver {
         );
         let mut failures = Vec::new();
         for attempt in 1..=3 {
-            let port = free_port();
+            let port = qingnuan_tests::broker::free_port().unwrap();
             let log = profile.join(format!("chromedriver-{attempt}.log"));
             let mut driver = tokio::process::Command::new("/usr/bin/chromedriver")
                 .arg(format!("--port={port}"))

@@ -21,8 +21,35 @@ pub struct Broker {
     child: Option<Child>,
 }
 
-/// A free loopback TCP port (bound, read, released).
+/// A free loopback TCP port for a program a test starts: bound once to check, then
+/// released. Taken below the kernel's ephemeral range (`ip_local_port_range`), so no
+/// outgoing connection can take it before the program binds it (a port from `bind(0)`
+/// can: CI saw chromedriver's port answered by someone else), and never the same twice in
+/// one process. Falls back to `bind(0)` when that range leaves no room.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let base = low.saturating_sub(12_000).max(10_000);
+    if low > base {
+        let span = low - base;
+        // Test binaries run one after another, but spread the start anyway.
+        let seed = std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for _ in 0..span {
+            let k = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = base + seed.wrapping_add(k) % span;
+            let Ok(port) = u16::try_from(port) else { break };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -171,5 +198,30 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports handed out are below the kernel's ephemeral range, never the same twice, and
+    /// free when handed out.
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let p = free_port().unwrap();
+            assert!(p < low, "{p} is in the ephemeral range from {low}");
+            assert!(seen.insert(p), "{p} handed out twice");
+            TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
     }
 }
