@@ -351,16 +351,9 @@ impl WebDriver {
                 Err(e) => {
                     let exited = driver.try_wait().ok().flatten();
                     let _ = driver.kill().await;
-                    let tail: String = std::fs::read_to_string(&log)
-                        .unwrap_or_default()
-                        .lines()
-                        .rev()
-                        .take(20)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
                     eprintln!("chromedriver attempt {attempt} on port {port}: {e} (exited: {exited:?})\n{tail}");
                     failures.push(format!("attempt {attempt}: {e}\n{tail}"));
                 }

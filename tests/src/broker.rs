@@ -36,14 +36,18 @@ pub fn free_port() -> anyhow::Result<u16> {
     let base = low.saturating_sub(12_000).max(10_000);
     if low > base {
         let span = low - base;
-        // Test binaries run one after another, but spread the start anyway.
-        let seed = std::process::id().wrapping_mul(7_919)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
+        // One start per process (test binaries run one after another, but spread them
+        // anyway); from it, consecutive ports.
+        static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            std::process::id().wrapping_mul(7_919)
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+        });
         for _ in 0..span {
             let k = NEXT.fetch_add(1, Ordering::Relaxed);
-            let port = base + seed.wrapping_add(k) % span;
+            let port = base + (seed % span + k % span) % span;
             let Ok(port) = u16::try_from(port) else { break };
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return Ok(port);

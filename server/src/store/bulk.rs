@@ -71,8 +71,8 @@ pub struct SaveSummary {
 
 impl Store {
     /// Up to `limit` dirty marks in `(household, season)` order, each with its household's
-    /// registry row and meters and the pair's saved resume state. SQLite: after the key `after` (where
-    /// a round whose save is still in flight left off). PostgreSQL: the marks are claimed
+    /// registry row and meters and the pair's saved resume state. SQLite: after the key
+    /// `after` (where a round whose save is still in flight left off). PostgreSQL: the marks are claimed
     /// for [`CLAIM_S`] seconds, so replicas asking at once get disjoint rounds and marks
     /// claimed by another replica (or a round in flight) are left out; `after` is not
     /// needed there and ignored.
