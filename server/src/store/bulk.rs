@@ -354,11 +354,21 @@ impl Store {
         // Looked up by key through a list of pairs: `season = … AND household IN (…)` let
         // PostgreSQL walk the `statements_season` index and test every row of the season
         // against the list (quadratic over a cold season: 1.6 s a round at 30,000).
-        let mut statements = HashMap::new();
+        // A pair whose nights changed rewrites its statement too, even an equal one: the
+        // sink learns of changed nights from statement writes (its trigger). So only the
+        // others' stored statements are looked up (none at a night close or a cold round,
+        // where every pair's nights change).
+        fn pair(p: &SavedPair) -> (&str, &str) {
+            (p.statement.household.as_str(), p.statement.season.as_str())
+        }
+        let nights_changed: std::collections::HashSet<(&str, &str)> =
+            write.iter().map(|w| (w.household, w.season)).collect();
         let keys: Vec<(&str, &str)> = items
             .iter()
-            .map(|p| (p.statement.household.as_str(), p.statement.season.as_str()))
+            .map(|p| pair(p))
+            .filter(|k| !nights_changed.contains(k))
             .collect();
+        let mut statements = HashMap::new();
         let select = super::results::STATEMENT_SELECT.replace(" FROM statements s", " FROM (");
         for chunk in keys.chunks(IDS / 2) {
             let mut qb: QueryBuilder<'_> = QueryBuilder::new(self.backend, select.as_str());
@@ -371,17 +381,12 @@ impl Store {
                 statements.insert((st.household.clone(), st.season.clone()), st);
             }
         }
-        let key = |p: &SavedPair| (p.statement.household.clone(), p.statement.season.clone());
-        // A pair whose nights changed rewrites its statement too, even an equal one: the
-        // sink learns of changed nights from statement writes (its trigger).
-        let nights_changed: std::collections::HashSet<(&str, &str)> =
-            write.iter().map(|w| (w.household, w.season)).collect();
         let new_statements: Vec<&StatementRow> = items
             .iter()
             .filter(|p| {
-                statements.get(&key(p)) != Some(&p.statement)
-                    || nights_changed
-                        .contains(&(p.statement.household.as_str(), p.statement.season.as_str()))
+                nights_changed.contains(&pair(p))
+                    || statements.get(&(p.statement.household.clone(), p.statement.season.clone()))
+                        != Some(&p.statement)
             })
             .map(|p| &p.statement)
             .collect();
@@ -662,6 +667,13 @@ mod tests {
         let sum = store.save_round(&second, 3).await.unwrap();
         assert_eq!((sum.nights_written, sum.nights_unchanged), (0, 3));
         assert_eq!((sum.statements_written, sum.states_written), (0, 2));
+        // The same nights, a statement that differs (looked up, found changed): written.
+        let mut flagged = second.clone();
+        flagged[1].statement.flags = vec!["meter_replaced".into()];
+        let sum = store.save_round(&flagged, 3).await.unwrap();
+        assert_eq!((sum.nights_written, sum.statements_written), (0, 1));
+        let s = store.statement("hh-2", "2025-2026").await.unwrap().unwrap();
+        assert_eq!(s.flags, ["meter_replaced"]);
         // Same figures, a reading newly set aside (the detail): that night is rewritten.
         let mut third = second.clone();
         third[0].nights[1].detail = r#"{"readings_set_aside":[{"ts":1}]}"#.into();
