@@ -36,7 +36,7 @@ impl Limits {
     }
 
     /// The accepted rise from `base` to `e` (a wrap when `e < base`), or the verdict rejecting it.
-    fn rise(&self, base: i64, e: i64, dt_s: i64) -> Result<(i128, bool), Verdict> {
+    pub(crate) fn rise(&self, base: i64, e: i64, dt_s: i64) -> Result<(i128, bool), Verdict> {
         // Fast path in i64 for ordinary registers; the i128 path below decides the rest
         // with the same rule.
         if let (Some(d), Some(allow)) = (
@@ -300,7 +300,7 @@ fn first_baseline<'a>(
     }
 }
 
-fn saturating_add(a: i64, rise: i128) -> i64 {
+pub(crate) fn saturating_add(a: i64, rise: i128) -> i64 {
     i64::try_from(i128::from(a) + rise).unwrap_or(i64::MAX)
 }
 

@@ -18,6 +18,7 @@ repeats of the readings do not matter.
   night per meter validity; night quality, flags, `tou_mismatch`.
 - `season`: the cap consumed in night order, `cap_reached_on`, money.
 - [`explain`]: a night or a judged reading in words, with the readings used.
+- [`thin`]: bounded state: the readings a settled season can do without ([`Thinning`]).
 
 # How a figure is explained
 A [`NightFigure`] lists its [`Part`]s (one per meter valid that night, split at an
@@ -82,6 +83,7 @@ pub mod model;
 mod night;
 pub mod resume;
 mod season;
+pub mod thin;
 
 #[cfg(test)]
 mod tests;
@@ -98,6 +100,7 @@ pub use model::{
     UsedReading, Verdict,
 };
 pub use night::{SeasonFrame, AHEAD};
+pub use thin::Thinning;
 
 use judge::Limits;
 use model::UsedReading as Used;
@@ -169,15 +172,40 @@ impl Engine {
         readings: &R,
         seeds: &[Option<Seed>],
     ) -> HouseholdSeason {
+        let mut out = self.run(frame, household, readings, seeds);
+        // Judgements far from this season (other seasons of a long-lived span) are not
+        // part of its explanation; they could only matter through a boundary's gap.
+        let (lo, hi) = frame.span();
+        let gap = self.policy.rules.max_gap_s;
+        out.judged.retain(|j| {
+            lo.saturating_sub(gap) <= j.reading.ts && j.reading.ts <= hi.saturating_add(gap)
+        });
+        out
+    }
+
+    /// The judging thresholds of `household`.
+    fn limits(&self, household: &HouseholdInput) -> Limits {
         let rules = &self.policy.rules;
-        let limits = Limits {
+        Limits {
             max_power_w: household
                 .max_power_w
                 .filter(|&p| p > 0)
                 .unwrap_or(rules.default_max_power_w)
                 .max(0),
             modulus_wh: rules.register_modulus_wh.max(1),
-        };
+        }
+    }
+
+    /// [`Engine::household_resumed`] with every judgement of the spans, this season's
+    /// or not; leaves each span's accepted readings in `self.accepted` (slot order).
+    fn run<R: ReadingSource + ?Sized>(
+        &mut self,
+        frame: &SeasonFrame,
+        household: &HouseholdInput,
+        readings: &R,
+        seeds: &[Option<Seed>],
+    ) -> HouseholdSeason {
+        let limits = self.limits(household);
         // Deterministic span order whatever the registry's row order.
         self.order.clear();
         self.order.extend(0..household.meters.len());
@@ -242,13 +270,6 @@ impl Engine {
         let mut parts = Vec::with_capacity(frame.nights().len());
         night::assemble(frame, &mut views, &self.policy, &mut nights, &mut parts);
         drop(views);
-        // Judgements far from this season (other seasons of a long-lived span) are not
-        // part of its explanation; they could only matter through a boundary's gap.
-        let (lo, hi) = frame.span();
-        let gap = self.policy.rules.max_gap_s;
-        judged.retain(|j| {
-            lo.saturating_sub(gap) <= j.reading.ts && j.reading.ts <= hi.saturating_add(gap)
-        });
         let statement = season::settle(&mut nights, &self.policy);
         HouseholdSeason {
             season: frame.season(),

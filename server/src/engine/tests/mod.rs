@@ -7,6 +7,7 @@ mod reads;
 mod registry;
 mod season;
 mod sim;
+mod thin;
 
 /// One engine per thread: it must be movable across threads, and the frame shareable.
 #[test]

@@ -12,7 +12,7 @@ use crate::engine::{HouseholdSeason, RawReading};
 /// Ten days of a two-meter household (swapped at 02:00 on Nov 5), readings on a
 /// 15-minute grid kept by `keep`, plus `glitches` (grid index, offset Wh, seconds off
 /// the grid: 0 makes a same-`ts` conflict, which the engine settles by the smaller value).
-fn scenario(
+pub(super) fn scenario(
     seed: u64,
     keep: &[bool],
     glitches: &[(usize, i64, i64)],
