@@ -37,6 +37,7 @@ pub mod monitor;
 pub mod recompute;
 pub mod registry;
 pub mod replay;
+pub mod settle;
 pub mod sink;
 pub mod store;
 pub mod varint;
@@ -126,6 +127,15 @@ pub async fn start_with_clock(
     let (config, embedded) = with_embedded_broker(config)?;
     config.broker()?;
     let store = store::Store::open(&config.store.url).await?;
+    // Readings before a settled cut were thinned under one policy's calendar and rules.
+    let settled = store.settled_policy().await?;
+    let fingerprint = settle::policy_fingerprint(&engine::Engine::new(policy));
+    if settled != 0 && settled != fingerprint {
+        return Err(store::StoreError::Settled(format!(
+            "the policy's calendar or rules differ from those readings were settled with (fingerprint {settled}, now {fingerprint}); run with that policy"
+        ))
+        .into());
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| RunError::Listen {

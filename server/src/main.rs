@@ -59,6 +59,16 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Settle the nights before a date: keep of their readings only those the figures
+    /// rest on (docs/bounded-state.md). Figures do not change. Afterwards readings,
+    /// registry changes and a policy that reach before the cut are refused. Safe to run
+    /// again and while the server runs.
+    Settle {
+        /// Nights labelled before this local date (YYYY-MM-DD) are settled: the cut is
+        /// its 08:00 (the window's close), UTC.
+        #[arg(long)]
+        before: qingnuan_shared::calendar::Night,
+    },
     /// Write every household's statement of a season (figures recomputed first).
     Export {
         /// Season, e.g. 2025-2026.
@@ -201,6 +211,23 @@ fn main() -> anyhow::Result<()> {
                     file.display()
                 );
                 println!("{token}");
+                Ok(())
+            }
+            Some(Command::Settle { before }) => {
+                let cfg = config()?;
+                let policy = cfg.load_policy()?;
+                let store = Store::open(&cfg.store.url).await?;
+                let now = qingnuan_shared::clock::from_env()?.now();
+                let mut engine = qingnuan_server::engine::Engine::new(policy);
+                let cut = qingnuan_server::settle::cut_of(&engine, before);
+                if cut > now {
+                    bail!("--before {before}: its cut ({cut}) has not passed yet");
+                }
+                let sum = qingnuan_server::settle::settle(&store, &mut engine, cut, now)
+                    .await
+                    .context("settling")?;
+                println!("{}", serde_json::to_string(&sum)?);
+                store.close().await;
                 Ok(())
             }
             Some(Command::Export {

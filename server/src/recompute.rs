@@ -105,7 +105,7 @@ pub async fn compute(
 }
 
 /// Readings up to this instant (exclusive) can decide a season's figures.
-fn season_until(engine: &Engine, season: Season) -> i64 {
+pub(crate) fn season_until(engine: &Engine, season: Season) -> i64 {
     let (_, season_end) = engine.calendar().season_span(season);
     season_end
         .saturating_add(engine.policy().rules.max_gap_s)
@@ -139,7 +139,7 @@ fn compute_from(
 
 /// The engine's view of a household's registry rows (rows with an invalid meter id are
 /// skipped and logged).
-fn household_input(h: &HouseholdRow, rows: &[MeterRow]) -> HouseholdInput {
+pub(crate) fn household_input(h: &HouseholdRow, rows: &[MeterRow]) -> HouseholdInput {
     let mut spans = Vec::with_capacity(rows.len());
     for m in rows {
         let Ok(id) = MeterId::new(&m.meter) else {
@@ -168,7 +168,7 @@ type EngineReadings = (
 
 /// A round's stored readings by meter id, read by the engine in place (no copy per
 /// household).
-struct ByMeter<'a>(&'a HashMap<String, Vec<StoredReading>>);
+pub(crate) struct ByMeter<'a>(pub(crate) &'a HashMap<String, Vec<StoredReading>>);
 
 impl ReadingSource for ByMeter<'_> {
     fn readings_of(&self, meter: &MeterId) -> &[RawReading] {

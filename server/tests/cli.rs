@@ -91,3 +91,53 @@ fn registry_import_reports_row_and_column() {
     );
     assert!(!ok && err.contains("YYYY-YYYY"), "{err}");
 }
+
+#[test]
+fn settle_reports_its_cut_and_then_registry_changes_before_it_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.toml"),
+        "[store]\nurl = \"sqlite://./data/s.db\"\n",
+    )
+    .unwrap();
+    let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
+               hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,\n";
+    std::fs::write(dir.path().join("r.csv"), csv).unwrap();
+    let (ok, _, err) = run(
+        &["registry", "import", "--config", "s.toml", "r.csv"],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        &["settle", "--config", "s.toml", "--before", "2025-13-01"],
+        dir.path(),
+    );
+    assert!(!ok && err.contains("--before"), "{err}");
+    let (ok, _, err) = run(
+        &["settle", "--config", "s.toml", "--before", "2999-01-01"],
+        dir.path(),
+    );
+    assert!(!ok && err.contains("has not passed yet"), "{err}");
+    let (ok, out, err) = run(
+        &["settle", "--config", "s.toml", "--before", "2025-11-06"],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // 2025-11-06 08:00 +08:00
+    assert_eq!(v["cut"].as_i64(), Some(1_762_387_200), "{out}");
+    assert_eq!(v["households"].as_i64(), Some(1), "{out}");
+    std::fs::write(
+        dir.path().join("r.csv"),
+        csv.replace("2025-10-01", "2025-10-20"),
+    )
+    .unwrap();
+    let (ok, _, err) = run(
+        &["registry", "import", "--config", "s.toml", "r.csv"],
+        dir.path(),
+    );
+    assert!(
+        !ok && err.contains("settled") && err.contains("valid_from"),
+        "{err}"
+    );
+}

@@ -8,6 +8,9 @@
 //!   register values, quality and gap all come from them);
 //! - every judged reading (rejected, wrap, valley verdicts) and the baseline it was
 //!   judged against, so that it is judged again exactly so and still shown;
+//! - each span's judging state at the cut: its latest accepted reading before the cut and
+//!   the latest whose valley register was kept, so that a reading arriving later at or
+//!   after the cut is judged against the same baselines;
 //! - any accepted reading without which the next one would be judged differently: the
 //!   judging rule is not transitive (the 10 Wh register resolution is allowed per step),
 //!   so an accepted reading goes only when the next accepted one, judged against the last
@@ -116,6 +119,28 @@ impl Engine {
                 k.push(j.baseline.0);
             }
         }
+        // The judging state at the cut, for readings that arrive later at or after it:
+        // each span's latest accepted reading before the cut and the latest whose valley
+        // register was kept (the baselines such a reading is judged against).
+        for (slot, &i) in self.order.iter().enumerate() {
+            let (Some(k), Some(acc)) = (
+                slot_of(i).and_then(|m| keep.get_mut(m)),
+                self.accepted.get(slot),
+            ) else {
+                continue;
+            };
+            let below = acc
+                .get(..acc.partition_point(|r| r.ts < cut))
+                .unwrap_or(&[]);
+            k.extend(below.last().map(|r| r.ts));
+            k.extend(
+                below
+                    .iter()
+                    .rev()
+                    .find(|r| r.valley_unwrapped_wh.is_some())
+                    .map(|r| r.ts),
+            );
+        }
         for k in &mut keep {
             k.sort_unstable();
             k.dedup();
@@ -220,12 +245,14 @@ fn chain(
                 (y.ts, y.e_wh, y.unwrapped_wh),
             )
         });
+        // Nothing later reads `x`'s valley when no later reading kept one (the state at
+        // the cut is kept apart, for readings still to come). With no kept valley before
+        // `x`, the next one starts the chain at its own value, as it stands after `x`
+        // unless it wrapped from `x`, and a wrap is judged with `x` as its baseline,
+        // which is then kept.
         let valley_ok = x.valley_unwrapped_wh.is_none()
             || match (vbase, next_valley.get(i).copied().flatten()) {
-                // No kept valley before `x`: the next one starts the chain at its own
-                // value, as it stands after `x` unless it wrapped from `x`, and a wrap is
-                // judged with `x` as its baseline, which is then kept.
-                (None, _) | (Some(_), None) => true,
+                (_, None) | (None, Some(_)) => true,
                 (Some(va), Some(z)) => acc.get(z).is_some_and(|z| {
                     matches!(
                         (va.e_valley_wh, va.valley_unwrapped_wh, z.e_valley_wh, z.valley_unwrapped_wh),

@@ -114,6 +114,29 @@ pub struct CommitSummary {
     pub packs_invalidated: u64,
 }
 
+/// The quarantine row of a reading below the settled cut `cut`: keyed by meter and
+/// instant (a redelivery finds it), the reading itself as the payload.
+fn settled_row(r: &NewReading, cut: i64) -> Quarantined {
+    Quarantined {
+        msg_key: format!("settled/{}/{}", r.meter, r.ts),
+        item: 0,
+        topic: format!("qn/v1/gw/{}/readings", r.gateway),
+        gateway: Some(r.gateway.clone()),
+        reason: "settled".into(),
+        detail: format!(
+            "ts: {} is before the settled cut {cut}: readings there were thinned, and a late one cannot be judged as the rules do",
+            r.ts
+        ),
+        payload: serde_json::json!({
+            "meter": r.meter,
+            "ts": r.ts,
+            "e_wh": r.e_wh,
+            "e_valley_wh": r.e_valley_wh,
+        })
+        .to_string(),
+    }
+}
+
 /// Rows per multi-row INSERT (8 values each, far below SQLite's variable limit).
 const CHUNK: usize = 100;
 
@@ -180,8 +203,19 @@ impl Store {
         if self.backend == super::Backend::Postgres {
             readings.sort_by(|a, b| (a.meter.as_bytes(), a.ts).cmp(&(b.meter.as_bytes(), b.ts)));
         }
-        let mut tx = self.pool.begin().await?;
+        // SQLite: IMMEDIATE, since the cut is read before the first write.
+        let mut tx = self.begin_write(super::WriteLock::Settled).await?;
         let mut sum = CommitSummary::default();
+        // Below the settled cut readings were thinned: one arriving there now cannot be
+        // judged as the rules do (docs/bounded-state.md), so it is set aside.
+        let settled = if let Some(cut) = super::settle::cut_in(&mut tx, self.backend).await? {
+            let (keep, late): (Vec<&NewReading>, Vec<&NewReading>) =
+                readings.into_iter().partition(|r| r.ts >= cut);
+            readings = keep;
+            late.into_iter().map(|r| settled_row(r, cut)).collect()
+        } else {
+            Vec::new()
+        };
         // (household, season) → the earliest instant that changed for it.
         let mut dirty: BTreeMap<(String, String), Option<i64>> = BTreeMap::new();
         let mut pairs = BTreeSet::new();
@@ -256,7 +290,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        for q in &batch.quarantine {
+        for q in batch.quarantine.iter().chain(&settled) {
             let done = sqlx::query(
                 "INSERT INTO quarantine (msg_key, item, received, topic, gateway, reason, detail, payload)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",

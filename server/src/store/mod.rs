@@ -33,6 +33,7 @@ mod nights;
 pub mod packs;
 mod registry;
 mod results;
+mod settle;
 mod sink;
 mod sql;
 
@@ -49,6 +50,7 @@ pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, 
 pub use lease::{Lease, LeaseKind};
 pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
 pub use results::{ComputedNight, DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
+pub use settle::ThinSummary;
 pub use sink::{SinkBacklog, SinkHead, SinkNight, SinkReading};
 
 /// A store failure (I/O, SQL, migration); callers log it and answer 500.
@@ -71,6 +73,10 @@ pub enum StoreError {
     /// A stored value that this version cannot read.
     #[error("store: corrupt value in {0}")]
     Corrupt(&'static str),
+    /// Refused: it reaches before the settled cut (docs/bounded-state.md), where readings
+    /// were thinned and the rules can no longer be applied to all of them.
+    #[error("settled: {0}")]
+    Settled(String),
     /// A write in flight was cancelled (the runtime is shutting down); nothing of it
     /// was committed.
     #[error("store: a write in flight was cancelled")]
@@ -94,6 +100,9 @@ enum WriteLock {
     Registry,
     /// Saving recomputed figures: rows are locked as they are read.
     Figures,
+    /// Ingest commits and thinning: they read the settled cut before writing (on
+    /// PostgreSQL `FOR SHARE`, nothing more).
+    Settled,
 }
 
 /// A handle on the store, cheap to clone.

@@ -106,6 +106,9 @@ impl Store {
         // Reads, then writes: SQLite's IMMEDIATE, PostgreSQL's import lock.
         let mut tx = self.begin_write(super::WriteLock::Registry).await?;
         let mut sum = ImportSummary::default();
+        // Readings before the settled cut were thinned under the registry as it stands:
+        // a change that reaches before it could not be computed as the rules say.
+        let cut = super::settle::cut_in(&mut tx, self.backend).await?;
         let mut changed = std::collections::BTreeSet::new();
         for h in households {
             let old = sqlx::query(
@@ -126,6 +129,23 @@ impl Store {
             if old.as_ref() == Some(h) {
                 sum.unchanged += 1;
                 continue;
+            }
+            if let (Some(cut), Some(o)) = (cut, &old) {
+                if o.max_power_w != h.max_power_w {
+                    let settled: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM meters WHERE household = $1 AND valid_from < $2",
+                    )
+                    .bind(&h.id)
+                    .bind(cut)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if settled > 0 {
+                        return Err(StoreError::Settled(format!(
+                            "household {}: column max_power_w ({:?} -> {:?}) changes how every reading is judged, and its readings before the settled cut {cut} were thinned",
+                            h.id, o.max_power_w, h.max_power_w
+                        )));
+                    }
+                }
             }
             sqlx::query(
                 "INSERT INTO households (id, district, town, village, heating_area_m2, device, max_power_w)
@@ -186,6 +206,9 @@ impl Store {
             if old.as_ref() == Some(m) {
                 sum.unchanged += 1;
                 continue;
+            }
+            if let Some(cut) = cut {
+                settled_change(old.as_ref(), m, cut)?;
             }
             sqlx::query(
                 "INSERT INTO meters (household, meter, valid_from, valid_to, gateway) VALUES ($1, $2, $3, $4, $5)
@@ -319,6 +342,35 @@ impl Store {
                 after_json: r.get(6),
             })
             .collect())
+    }
+}
+
+/// Refuses a meter row change that reaches before the settled cut `cut`: a new row
+/// valid from before it, or a `valid_from` / `valid_to` moved where either value is
+/// before it. A change of gateway only is allowed (it binds ingest, not figures).
+fn settled_change(old: Option<&MeterRow>, m: &MeterRow, cut: i64) -> Result<(), StoreError> {
+    let who = format!("meter {} of household {}", m.meter, m.household);
+    let before = |t: Option<i64>| t.is_some_and(|t| t < cut);
+    let refuse = |column: &str, from: String, to: String| {
+        Err(StoreError::Settled(format!(
+            "{who}: column {column} ({from} -> {to}) reaches before the settled cut {cut}, where readings were thinned"
+        )))
+    };
+    match old {
+        None if m.valid_from < cut => refuse("valid_from", "new".into(), m.valid_from.to_string()),
+        Some(o) if o.valid_from != m.valid_from && o.valid_from.min(m.valid_from) < cut => refuse(
+            "valid_from",
+            o.valid_from.to_string(),
+            m.valid_from.to_string(),
+        ),
+        Some(o) if o.valid_to != m.valid_to && (before(o.valid_to) || before(m.valid_to)) => {
+            refuse(
+                "valid_to",
+                format!("{:?}", o.valid_to),
+                format!("{:?}", m.valid_to),
+            )
+        }
+        _ => Ok(()),
     }
 }
 

@@ -236,6 +236,60 @@ fn the_valley_registers_own_chain_keeps_its_baselines_too() {
 }
 
 #[test]
+fn the_judging_state_at_the_cut_stays_for_readings_still_to_come() {
+    // At 1,000 W a valley rise of 10 Wh is allowed in 3 s from the 13:00:01 read but
+    // not in 4 s from the 13:00:00 one. The 13:00:01 read is the latest below the cut
+    // with a valley register (the 13:00:02 read has none): a valley read arriving at
+    // 13:00:04 is judged against it, so it must stay although nothing present needs it.
+    let (s0, _) = season_span();
+    let t0 = at("2025-11-10", 13, 0);
+    let open = at("2025-11-10", 20, 0);
+    let meter = MeterId::new("m").unwrap();
+    let r = |ts, e_wh, e_valley_wh| RawReading {
+        ts,
+        e_wh,
+        e_valley_wh,
+    };
+    let reads = vec![
+        r(s0 - 3600, 2_000, Some(400)),
+        r(t0, 2_000, Some(500)),
+        r(t0 + 1, 2_000, Some(510)),
+        r(t0 + 2, 2_000, None),
+        r(t0 + 3600, 2_000, Some(520)),
+        r(open - 60, 2_100, Some(600)),
+        r(open + 12 * H, 9_000, Some(5_000)),
+    ];
+    let hh = HouseholdInput {
+        id: "hh".into(),
+        max_power_w: Some(1_000),
+        meters: vec![crate::engine::MeterSpan {
+            meter: meter.clone(),
+            from: s0 - 24 * H,
+            to: None,
+        }],
+    };
+    let src = HashMap::from([(meter.clone(), reads)]);
+    let now = at("2025-11-12", 9, 0);
+    let (t, full, after) = thin(&hh, &src, now, t0 + 3);
+    assert!(t.verified);
+    assert_eq!(after, full);
+    let gone = t.drop.get(&meter).cloned().unwrap_or_default();
+    assert!(gone.binary_search(&(t0 + 1)).is_err(), "{gone:?}");
+    assert!(gone.binary_search(&(t0 + 2)).is_err(), "{gone:?}");
+    let late = r(t0 + 4, 2_000, Some(520));
+    let mut all = src.clone();
+    all.get_mut(&meter).unwrap().push(late);
+    let mut thinned = kept(&src, &t);
+    thinned.get_mut(&meter).unwrap().push(late);
+    let with_all = run_with(&Policy::beijing_2018(), now, &hh, &all);
+    assert!(!with_all.judged.iter().any(|j| j.reading == late));
+    assert_eq!(
+        run_with(&Policy::beijing_2018(), now, &hh, &thinned),
+        with_all
+    );
+}
+
+#[test]
 fn a_late_reading_inside_a_thinned_range_is_judged_against_a_different_baseline() {
     // Why the store must refuse readings before its cut once it has thinned there.
     let (s0, s1) = season_span();
@@ -284,16 +338,31 @@ proptest! {
     ) {
         let (hh, reads) = scenario(seed, &keep, &glitches);
         let ids: Vec<_> = hh.meters.iter().map(|s| s.meter.clone()).collect();
-        let mut src: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
-        for &(i, r) in &reads {
-            src.entry(ids[i].clone()).or_default().push(r);
-        }
         let (s0, _) = season_span();
+        let cut = s0 + cut_h * H;
+        // Readings at or after the cut arrive later, in two parts: thinning must leave
+        // the judging state at the cut as all readings had it.
+        let mut src: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
+        let mut later: HashMap<MeterId, Vec<RawReading>> = HashMap::new();
+        for (k, &(i, r)) in reads.iter().enumerate() {
+            let to = if r.ts >= cut && k % 3 == 0 { &mut later } else { &mut src };
+            to.entry(ids[i].clone()).or_default().push(r);
+        }
         let now = s0 + 10 * 24 * H;
-        let (t, full, after) = thin(&hh, &src, now, s0 + cut_h * H);
+        let (t, full, after) = thin(&hh, &src, now, cut);
         // The check inside never has to refuse what the rule chose.
         prop_assert!(t.verified);
         prop_assert_eq!(&after, &full);
+        let mut all = src.clone();
+        let mut thinned = kept(&src, &t);
+        for (m, rs) in &later {
+            all.entry(m.clone()).or_default().extend(rs);
+            thinned.entry(m.clone()).or_default().extend(rs);
+        }
+        prop_assert_eq!(
+            run_with(&Policy::beijing_2018(), now, &hh, &thinned),
+            run_with(&Policy::beijing_2018(), now, &hh, &all)
+        );
         for ts in t.drop.values().flatten() {
             prop_assert!(s0 <= *ts && *ts < s0 + cut_h * H);
         }
@@ -350,10 +419,28 @@ proptest! {
             max_power_w: Some(max_power),
             meters: vec![crate::engine::MeterSpan { meter: meter.clone(), from: s0 - 24 * H, to: None }],
         };
-        let src = HashMap::from([(meter, reads)]);
+        let cut = s0 + cut_h * H;
+        let (mut now_reads, mut later) = (Vec::new(), Vec::new());
+        for (k, r) in reads.iter().enumerate() {
+            if r.ts < cut || k % 3 != 0 {
+                now_reads.push(*r);
+            } else {
+                later.push(*r);
+            }
+        }
+        let src = HashMap::from([(meter.clone(), now_reads)]);
         let now = s0 + 10 * 24 * H;
-        let (th, full, after) = thin(&hh, &src, now, s0 + cut_h * H);
+        let (th, full, after) = thin(&hh, &src, now, cut);
         prop_assert!(th.verified);
         prop_assert_eq!(&after, &full);
+        // Readings at or after the cut that arrive after the thinning.
+        let mut all = src.clone();
+        let mut thinned = kept(&src, &th);
+        all.get_mut(&meter).unwrap().extend(&later);
+        thinned.get_mut(&meter).unwrap().extend(&later);
+        prop_assert_eq!(
+            run_with(&Policy::beijing_2018(), now, &hh, &thinned),
+            run_with(&Policy::beijing_2018(), now, &hh, &all)
+        );
     }
 }

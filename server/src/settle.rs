@@ -1,0 +1,139 @@
+//! The settle pass of bounded state (docs/bounded-state.md): raises the settled cut, then
+//! thins every household's readings below it to the ones its figures rest on.
+//!
+//! Run by `qingnuan-server settle --before DATE`. Figures do not change (the engine checks
+//! each household: `engine/thin.rs`); from then on readings, registry changes and a
+//! policy that reach before the cut are refused (`store/settle.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use qingnuan_shared::calendar::Night;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::recompute::{household_input, season_until, ByMeter};
+use crate::registry::seasons_touched;
+use crate::store::{Store, StoreError};
+
+/// What a settle pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SettleSummary {
+    /// The cut in force after the pass, UTC Unix seconds.
+    pub cut: i64,
+    /// Households looked at.
+    pub households: u64,
+    /// (household, season) pairs whose readings were thinned.
+    pub pairs: u64,
+    /// Distinct reading instants below the cut within the households' spans.
+    pub considered: u64,
+    /// Reading rows deleted.
+    pub deleted: u64,
+    /// Pairs left whole because the computation from the kept readings differed.
+    pub unverified: u64,
+    /// Meters left whole because more than one household is registered on them.
+    pub shared_meters: u64,
+}
+
+/// The fingerprint of what thinned readings depend on (the calendar and the rules of
+/// judging, not prices or the cap), as stored with the cut; never 0, which means none.
+pub fn policy_fingerprint(engine: &Engine) -> i64 {
+    let p = engine.policy();
+    let text = format!(
+        "{:?} {:?} {} {} {} {:?}",
+        p.season_first,
+        p.season_last,
+        p.offpeak_start_min,
+        p.offpeak_end_min,
+        p.utc_offset_s,
+        p.rules
+    );
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    match i64::from_ne_bytes(h.to_ne_bytes()) {
+        0 => 1,
+        v => v,
+    }
+}
+
+/// The cut for "nights labelled before `night` are settled": `night`'s local midnight,
+/// plus the window's close when the window runs past midnight (08:00 in Beijing, when
+/// the night before it closes), UTC Unix seconds.
+pub fn cut_of(engine: &Engine, night: Night) -> i64 {
+    let p = engine.policy();
+    let midnight = engine.calendar().local_midnight(night.0);
+    if p.offpeak_end_min <= p.offpeak_start_min {
+        midnight + i64::from(p.offpeak_end_min) * 60
+    } else {
+        midnight
+    }
+}
+
+/// Raises the cut to `cut` (at most `now`) and thins every household's readings below
+/// the cut in force. Safe to run again, and while the server runs.
+pub async fn settle(
+    store: &Store,
+    engine: &mut Engine,
+    cut: i64,
+    now: i64,
+) -> Result<SettleSummary, StoreError> {
+    let cut = store
+        .raise_settled(cut.min(now), policy_fingerprint(engine))
+        .await?;
+    let mut sum = SettleSummary {
+        cut,
+        ..SettleSummary::default()
+    };
+    let cal = *engine.calendar();
+    for id in store.household_ids().await? {
+        let Some(h) = store.household(&id).await? else {
+            continue;
+        };
+        let rows = store.meters_of(&id).await?;
+        let Some(first) = rows.iter().map(|m| m.valid_from).min() else {
+            continue;
+        };
+        sum.households += 1;
+        let input = household_input(&h, &rows);
+        for season in seasons_touched(&cal, first, Some(cut), now) {
+            let until = season_until(engine, season);
+            let mut stored = HashMap::new();
+            for m in &rows {
+                if !stored.contains_key(&m.meter) {
+                    stored.insert(m.meter.clone(), store.readings_of(&m.meter, until).await?);
+                }
+            }
+            let frame = engine.frame(season, now);
+            let t = engine.thin(&frame, &input, &ByMeter(&stored), cut);
+            sum.considered += t.considered as u64;
+            if !t.verified {
+                warn!(household = %id, %season, "thinning not verified; readings left whole");
+                sum.unverified += 1;
+                continue;
+            }
+            if t.drop.is_empty() {
+                continue;
+            }
+            let drop: BTreeMap<String, Vec<i64>> = t
+                .drop
+                .into_iter()
+                .map(|(m, ts)| (m.as_str().to_string(), ts))
+                .collect();
+            let done = store.apply_thinning(&id, &drop).await?;
+            sum.pairs += 1;
+            sum.deleted += done.deleted;
+            sum.shared_meters += done.shared_meters;
+        }
+    }
+    info!(
+        cut,
+        households = sum.households,
+        deleted = sum.deleted,
+        considered = sum.considered,
+        "settled"
+    );
+    Ok(sum)
+}
