@@ -33,6 +33,9 @@ pub struct SettleSummary {
     pub unverified: u64,
     /// Meters left whole because more than one household is registered on them.
     pub shared_meters: u64,
+    /// Pairs left whole because some of their readings still wait for the InfluxDB sink
+    /// (settle again once it has caught up).
+    pub waiting_export: u64,
 }
 
 /// The fingerprint of what thinned readings depend on (the calendar and the rules of
@@ -123,6 +126,10 @@ pub async fn settle(
                 .map(|(m, ts)| (m.as_str().to_string(), ts))
                 .collect();
             let done = store.apply_thinning(&id, &drop).await?;
+            if done.waiting_export > 0 {
+                sum.waiting_export += 1;
+                continue;
+            }
             sum.pairs += 1;
             sum.deleted += done.deleted;
             sum.shared_meters += done.shared_meters;
@@ -133,6 +140,7 @@ pub async fn settle(
         households = sum.households,
         deleted = sum.deleted,
         considered = sum.considered,
+        waiting_export = sum.waiting_export,
         "settled"
     );
     Ok(sum)

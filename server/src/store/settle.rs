@@ -28,6 +28,9 @@ pub struct ThinSummary {
     pub deleted: u64,
     /// Meters left alone: registered to more than one household.
     pub shared_meters: u64,
+    /// 1 when nothing was deleted because some of these readings still wait in the
+    /// InfluxDB sink's queue (the raw series must reach it first; settle again later).
+    pub waiting_export: u64,
 }
 
 /// The cut inside `tx`: `None` while nothing is settled. PostgreSQL: `FOR SHARE`, held to
@@ -104,7 +107,10 @@ impl Store {
     /// in one transaction, drops the packs they fell into and the household's resume
     /// states (its next recompute is whole; its figures do not change). A meter
     /// registered to more than one household is left alone (another household's
-    /// figures may rest on its readings). Refuses instants at or above the cut.
+    /// figures may rest on its readings). Deletes nothing while any of the household's
+    /// readings up to these still waits for the InfluxDB sink (keeping only some of the
+    /// dropped readings could change how others are judged). Refuses instants at or
+    /// above the cut.
     pub async fn apply_thinning(
         &self,
         household: &str,
@@ -121,6 +127,23 @@ impl Store {
             return Err(StoreError::Settled(format!(
                 "thinning reading at {highest} of household {household}: not below the settled cut ({cut:?})"
             )));
+        }
+        // The sink exports a queued reading by reading its row: none may go before.
+        for (meter, ts) in drop {
+            let Some(&highest) = ts.iter().max() else {
+                continue;
+            };
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sink_readings WHERE meter = $1 AND ts <= $2",
+            )
+            .bind(meter)
+            .bind(highest)
+            .fetch_one(&mut *tx)
+            .await?;
+            if queued > 0 {
+                sum.waiting_export = 1;
+                return Ok(sum);
+            }
         }
         let mut first: BTreeMap<&str, i64> = BTreeMap::new();
         for (meter, ts) in drop {
