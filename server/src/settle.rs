@@ -75,6 +75,33 @@ pub fn cut_of(engine: &Engine, night: Night) -> i64 {
     }
 }
 
+/// Pairs thinned in one transaction at most.
+const BATCH_PAIRS: usize = 256;
+/// Readings deleted in one transaction at most (about).
+const BATCH_ROWS: usize = 200_000;
+
+/// Applies the pending thinnings in one transaction and adds up what they did.
+async fn apply(
+    store: &Store,
+    pending: &mut Vec<(String, BTreeMap<String, Vec<i64>>)>,
+    sum: &mut SettleSummary,
+) -> Result<(), StoreError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for done in store.apply_thinning(pending).await? {
+        if done.waiting_export > 0 {
+            sum.waiting_export += 1;
+            continue;
+        }
+        sum.pairs += 1;
+        sum.deleted += done.deleted;
+        sum.shared_meters += done.shared_meters;
+    }
+    pending.clear();
+    Ok(())
+}
+
 /// Raises the cut to `cut` (at most `now`) and thins every household's readings below
 /// the cut in force. Safe to run again, and while the server runs.
 pub async fn settle(
@@ -91,6 +118,9 @@ pub async fn settle(
         ..SettleSummary::default()
     };
     let cal = *engine.calendar();
+    // Households thinned in one transaction (one commit, one fsync, for many).
+    let mut pending: Vec<(String, BTreeMap<String, Vec<i64>>)> = Vec::new();
+    let mut pending_rows = 0usize;
     for id in store.household_ids().await? {
         let Some(h) = store.household(&id).await? else {
             continue;
@@ -120,21 +150,21 @@ pub async fn settle(
             if t.drop.is_empty() {
                 continue;
             }
-            let drop: BTreeMap<String, Vec<i64>> = t
-                .drop
-                .into_iter()
-                .map(|(m, ts)| (m.as_str().to_string(), ts))
-                .collect();
-            let done = store.apply_thinning(&id, &drop).await?;
-            if done.waiting_export > 0 {
-                sum.waiting_export += 1;
-                continue;
-            }
-            sum.pairs += 1;
-            sum.deleted += done.deleted;
-            sum.shared_meters += done.shared_meters;
+            pending_rows += t.dropped();
+            pending.push((
+                id.clone(),
+                t.drop
+                    .into_iter()
+                    .map(|(m, ts)| (m.as_str().to_string(), ts))
+                    .collect(),
+            ));
+        }
+        if pending.len() >= BATCH_PAIRS || pending_rows >= BATCH_ROWS {
+            apply(store, &mut pending, &mut sum).await?;
+            pending_rows = 0;
         }
     }
+    apply(store, &mut pending, &mut sum).await?;
     info!(
         cut,
         households = sum.households,

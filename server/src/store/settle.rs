@@ -103,80 +103,92 @@ impl Store {
         Ok(now)
     }
 
-    /// Deletes the readings `drop` (meter → instants, each below the cut) of `household`
-    /// in one transaction, drops the packs they fell into and the household's resume
-    /// states (its next recompute is whole; its figures do not change). A meter
-    /// registered to more than one household is left alone (another household's
-    /// figures may rest on its readings). Deletes nothing while any of the household's
-    /// readings up to these still waits for the InfluxDB sink (keeping only some of the
-    /// dropped readings could change how others are judged). Refuses instants at or
-    /// above the cut.
+    /// Deletes, in one transaction, each household's readings `drop` (meter → instants,
+    /// each below the cut), drops the packs they fell into and those households' resume
+    /// states (their next recompute is whole; their figures do not change). A meter
+    /// registered to more than one household is left alone (another household's figures
+    /// may rest on its readings). A household any of whose readings up to these still
+    /// waits for the InfluxDB sink is left whole (keeping only some of the dropped
+    /// readings could change how the others are judged). Refuses instants at or above
+    /// the cut. Returns per household what was done, in order.
     pub async fn apply_thinning(
         &self,
-        household: &str,
-        drop: &BTreeMap<String, Vec<i64>>,
-    ) -> Result<ThinSummary, StoreError> {
-        let mut sum = ThinSummary::default();
-        if drop.values().all(Vec::is_empty) {
-            return Ok(sum);
+        households: &[(String, BTreeMap<String, Vec<i64>>)],
+    ) -> Result<Vec<ThinSummary>, StoreError> {
+        let mut out = vec![ThinSummary::default(); households.len()];
+        if households
+            .iter()
+            .all(|(_, d)| d.values().all(Vec::is_empty))
+        {
+            return Ok(out);
         }
         let mut tx = self.begin_write(WriteLock::Settled).await?;
         let cut = cut_in(&mut tx, self.backend).await?;
-        let highest = drop.values().flatten().copied().max().unwrap_or(NONE);
+        let highest = households
+            .iter()
+            .flat_map(|(_, d)| d.values().flatten())
+            .copied()
+            .max()
+            .unwrap_or(NONE);
         if cut.is_none_or(|c| highest >= c) {
             return Err(StoreError::Settled(format!(
-                "thinning reading at {highest} of household {household}: not below the settled cut ({cut:?})"
+                "thinning a reading at {highest}: not below the settled cut ({cut:?})"
             )));
         }
-        // The sink exports a queued reading by reading its row: none may go before.
-        for (meter, ts) in drop {
-            let Some(&highest) = ts.iter().max() else {
-                continue;
-            };
-            let queued: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sink_readings WHERE meter = $1 AND ts <= $2",
-            )
-            .bind(meter)
-            .bind(highest)
-            .fetch_one(&mut *tx)
-            .await?;
-            if queued > 0 {
-                sum.waiting_export = 1;
-                return Ok(sum);
-            }
-        }
         let mut first: BTreeMap<&str, i64> = BTreeMap::new();
-        for (meter, ts) in drop {
-            let Some(&lowest) = ts.iter().min() else {
-                continue;
-            };
-            let households: i64 =
-                sqlx::query_scalar("SELECT COUNT(DISTINCT household) FROM meters WHERE meter = $1")
-                    .bind(meter)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if households > 1 {
-                sum.shared_meters += 1;
-                continue;
+        'household: for ((household, drop), sum) in households.iter().zip(out.iter_mut()) {
+            // The sink exports a queued reading by reading its row: none may go before.
+            for (meter, ts) in drop {
+                let Some(&highest) = ts.iter().max() else {
+                    continue;
+                };
+                let queued: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM sink_readings WHERE meter = $1 AND ts <= $2",
+                )
+                .bind(meter)
+                .bind(highest)
+                .fetch_one(&mut *tx)
+                .await?;
+                if queued > 0 {
+                    sum.waiting_export = 1;
+                    continue 'household;
+                }
             }
-            for chunk in ts.chunks(CHUNK) {
-                let mut qb = QueryBuilder::new(self.backend, "DELETE FROM readings WHERE meter = ");
-                qb.push_bind(meter.as_str());
-                qb.push(" AND ts IN ");
-                qb.push_tuples(chunk, |mut b, t| {
-                    b.push_bind(*t);
-                });
-                sum.deleted += qb.build().execute(&mut *tx).await?.rows_affected();
+            for (meter, ts) in drop {
+                let Some(&lowest) = ts.iter().min() else {
+                    continue;
+                };
+                let owners: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(DISTINCT household) FROM meters WHERE meter = $1",
+                )
+                .bind(meter)
+                .fetch_one(&mut *tx)
+                .await?;
+                if owners > 1 {
+                    sum.shared_meters += 1;
+                    continue;
+                }
+                for chunk in ts.chunks(CHUNK) {
+                    let mut qb =
+                        QueryBuilder::new(self.backend, "DELETE FROM readings WHERE meter = ");
+                    qb.push_bind(meter.as_str());
+                    qb.push(" AND ts IN ");
+                    qb.push_tuples(chunk, |mut b, t| {
+                        b.push_bind(*t);
+                    });
+                    sum.deleted += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                let f = first.entry(meter.as_str()).or_insert(lowest);
+                *f = (*f).min(lowest);
             }
-            first.insert(meter.as_str(), lowest);
+            sqlx::query("DELETE FROM season_state WHERE household = $1")
+                .bind(household)
+                .execute(&mut *tx)
+                .await?;
         }
         super::packs::invalidate(&mut tx, self.backend, &first).await?;
-        sqlx::query("DELETE FROM season_state WHERE household = $1")
-            .bind(household)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(sum)
+        Ok(out)
     }
 
     /// Stored reading rows of `meter` (all of them; for tests and the settle report).
