@@ -102,6 +102,12 @@ pub struct StoreConfig {
     /// `postgres://user@host/db` (the database must exist; migrated on start).
     #[serde(default = "default_store_url")]
     pub url: String,
+    /// Settle the nights older than this many days every morning (docs/bounded-state.md:
+    /// their readings are thinned to those the figures rest on, and readings or registry
+    /// changes reaching before them are refused). 0, the default: never (settle by hand
+    /// with `qingnuan-server settle`).
+    #[serde(default)]
+    pub settle_after_days: u32,
 }
 
 /// `[policy]`
@@ -166,6 +172,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: default_store_url(),
+            settle_after_days: 0,
         }
     }
 }

@@ -157,6 +157,15 @@ pub async fn start_with_clock(
         wake.clone(),
         stopped.clone(),
     )));
+    if config.store.settle_after_days > 0 {
+        tasks.push(tokio::spawn(settle::run(
+            store.clone(),
+            policy,
+            clock.clone(),
+            config.store.settle_after_days,
+            stopped.clone(),
+        )));
+    }
     let monitor = monitor::Monitor::new(store.clone(), policy, monitor::MonitorConfig::default());
     tasks.push(tokio::spawn(monitor::run(
         monitor.clone(),

@@ -1,14 +1,20 @@
 //! The settle pass of bounded state (docs/bounded-state.md): raises the settled cut, then
 //! thins every household's readings below it to the ones its figures rest on.
 //!
-//! Run by `qingnuan-server settle --before DATE`. Figures do not change (the engine checks
+//! Run by `qingnuan-server settle --before DATE`, or every morning by the server with
+//! `[store] settle_after_days` ([`run`]). Figures do not change (the engine checks
 //! each household: `engine/thin.rs`); from then on readings, registry changes and a
 //! policy that reach before the cut are refused (`store/settle.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::time::Duration;
+
 use qingnuan_shared::calendar::Night;
+use qingnuan_shared::clock::SharedClock;
+use qingnuan_shared::policy::Policy;
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
@@ -174,4 +180,45 @@ pub async fn settle(
         "settled"
     );
     Ok(sum)
+}
+
+/// The cut `days` days back from `now`: nights labelled before the local date `days` days
+/// ago are settled ([`cut_of`]).
+pub fn cut_days_back(engine: &Engine, now: i64, days: u32) -> i64 {
+    let back = now.saturating_sub(i64::from(days).saturating_mul(86_400));
+    cut_of(engine, Night(engine.calendar().local_date(back)))
+}
+
+/// `[store] settle_after_days`: settles the nights older than `days` days whenever that
+/// cut moves (each morning), until `stop`. A failed pass is logged and tried again later.
+pub async fn run(
+    store: Store,
+    policy: Policy,
+    clock: SharedClock,
+    days: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut engine = Engine::new(policy);
+    loop {
+        let now = clock.now();
+        let cut = cut_days_back(&engine, now, days);
+        match store.settled_before().await {
+            Ok(done) if done.is_some_and(|d| d >= cut) => {}
+            Ok(_) => {
+                if let Err(e) = settle(&store, &mut engine, cut, now).await {
+                    warn!(error = %e, "settling failed; trying again later");
+                }
+            }
+            Err(e) => warn!(error = %e, "settled cut unreadable; trying again later"),
+        }
+        // The next cut is a day later; look again then (at least every second, at most
+        // every hour of real time).
+        let wait = clock
+            .real_until(cut.saturating_add(86_400).saturating_mul(1000))
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! the readings below the cut and every figure and explanation stays the same; then a
 //! late reading below the cut is quarantined `settled`, registry changes that reach
 //! before it are refused, settling again changes nothing. On SQLite and PostgreSQL.
+//! And a server with `[store] settle_after_days` settles by itself.
 
 #[macro_use]
 mod pg_support;
@@ -227,3 +228,60 @@ async fn settling_thins_readings_and_changes_no_figure(kind: pg_support::Kind) {
 }
 
 on_both_backends!(settling_thins_readings_and_changes_no_figure);
+
+/// A clock standing still at `0` (UTC Unix seconds).
+#[derive(Debug)]
+struct Fixed(i64);
+
+impl qingnuan_shared::clock::Clock for Fixed {
+    fn now_ms(&self) -> i64 {
+        self.0 * 1000
+    }
+    fn real_until(&self, _t_ms: i64) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+#[tokio::test]
+async fn a_server_with_settle_after_days_settles_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/s.db", dir.path().display());
+    {
+        let store = Store::open(&db).await.unwrap();
+        registry::import(&store, CSV.as_bytes(), &Policy::beijing_2018(), "test", NOW)
+            .await
+            .unwrap();
+        let tx = IngestTx {
+            readings: readings(),
+            received: NOW,
+            ..Default::default()
+        };
+        store.commit_ingest(&tx, mark).await.unwrap();
+        store.close().await;
+    }
+    // Nov 11 12:00 less five days: nights labelled before Nov 6 are settled.
+    let port = qingnuan_tests::broker::free_port().unwrap();
+    let cfg = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[mqtt]\nembedded_listen = \"127.0.0.1:{}\"\n\n\
+         [store]\nurl = \"{db}\"\nsettle_after_days = 5\n",
+        qingnuan_tests::broker::free_port().unwrap()
+    );
+    let cfg = qingnuan_server::config::Config::from_toml_str(&cfg).unwrap();
+    let running = qingnuan_server::start_with_clock(cfg, std::sync::Arc::new(Fixed(NOW)))
+        .await
+        .unwrap();
+    let store = Store::open(&db).await.unwrap();
+    let cut = NOV1_20 + 4 * 86_400 + 12 * 3600;
+    let mut left = 0;
+    for _ in 0..200 {
+        left = store.reading_count_of("m1").await.unwrap();
+        if store.settled_before().await.unwrap() == Some(cut) && left == 10 * 50 + 1 - (249 - 12) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.settled_before().await.unwrap(), Some(cut));
+    assert_eq!(left, 10 * 50 + 1 - (249 - 12));
+    running.stop().await;
+    store.close().await;
+}
