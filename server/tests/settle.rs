@@ -229,6 +229,18 @@ async fn settling_thins_readings_and_changes_no_figure(kind: pg_support::Kind) {
 
 on_both_backends!(settling_thins_readings_and_changes_no_figure);
 
+/// The body of `GET path` on `addr` (HTTP/1.0, the API open on loopback).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// A clock standing still at `0` (UTC Unix seconds).
 #[derive(Debug)]
 struct Fixed(i64);
@@ -282,6 +294,12 @@ async fn a_server_with_settle_after_days_settles_by_itself() {
     }
     assert_eq!(store.settled_before().await.unwrap(), Some(cut));
     assert_eq!(left, 10 * 50 + 1 - (249 - 12));
+    // Operators see the cut in /metrics.
+    let metrics = http_get(running.addr, "/metrics").await;
+    assert!(
+        metrics.contains(&format!("qingnuan_settled_before_seconds {cut}")),
+        "{metrics}"
+    );
     running.stop().await;
     store.close().await;
 }

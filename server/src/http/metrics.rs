@@ -198,6 +198,13 @@ async fn render(app: &App) -> Result<String, ApiError> {
         e.sample("qingnuan_quarantine_rows", &[("reason", &reason)], count);
     }
 
+    e.single(
+        "qingnuan_settled_before_seconds",
+        "gauge",
+        "The settled cut, UTC Unix seconds (0: nothing settled): readings before it were thinned to those the figures rest on, and later ones there are quarantined (docs/bounded-state.md).",
+        app.store.settled_before().await?.unwrap_or(0),
+    );
+
     e.family(
         "qingnuan_held_readings",
         "gauge",
