@@ -71,6 +71,10 @@ pub struct Registry {
     pub households: Vec<HouseholdRow>,
     /// One per (household, meter).
     pub meters: Vec<MeterRow>,
+    /// The CSV row each household came from (last one seen), in `households` order.
+    pub household_rows: Vec<u64>,
+    /// The CSV row of each meter row, in `meters` order.
+    pub meter_rows: Vec<u64>,
 }
 
 /// Parses and checks a registry CSV (UTF-8, optional BOM). Dates `YYYY-MM-DD` are local
@@ -226,9 +230,13 @@ pub fn parse_csv(data: &[u8], policy: &Policy) -> Result<Registry, ImportError> 
     if !errors.is_empty() {
         return Err(ImportError::Invalid(errors));
     }
+    let (household_rows, households) = households.into_values().unzip();
+    let (meter_rows, meters) = meters.into_values().unzip();
     Ok(Registry {
-        households: households.into_values().map(|(_, h)| h).collect(),
-        meters: meters.into_values().map(|(_, m)| m).collect(),
+        households,
+        meters,
+        household_rows,
+        meter_rows,
     })
 }
 
@@ -242,6 +250,7 @@ pub async fn import(
     now: i64,
 ) -> Result<ImportSummary, ImportError> {
     let reg = parse_csv(data, policy)?;
+    settled_check(store, &reg).await?;
     let cal = Calendar::new(*policy);
     let mut dirty = BTreeSet::new();
     for m in &reg.meters {
@@ -253,6 +262,53 @@ pub async fn import(
     Ok(store
         .upsert_registry(&reg.households, &reg.meters, &dirty, source, now)
         .await?)
+}
+
+/// Once readings before the settled cut were thinned, changes that reach before it are
+/// refused (docs/bounded-state.md), each named by its CSV row and column. The store checks
+/// the same again inside the import's transaction.
+async fn settled_check(store: &Store, reg: &Registry) -> Result<(), ImportError> {
+    let Some(cut) = store.settled_before().await? else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    for (h, &row) in reg.households.iter().zip(&reg.household_rows) {
+        let Some(old) = store.household(&h.id).await? else {
+            continue;
+        };
+        let settled = store
+            .meters_of(&h.id)
+            .await?
+            .iter()
+            .any(|m| m.valid_from < cut);
+        if let Some((column, message)) =
+            crate::store::settled_power_refusal(old.max_power_w, h.max_power_w, settled, cut)
+        {
+            errors.push(RowError {
+                row,
+                column: column.into(),
+                message: format!("household {}: {message}", h.id),
+            });
+        }
+    }
+    for (m, &row) in reg.meters.iter().zip(&reg.meter_rows) {
+        let stored = store.meters_of(&m.household).await?;
+        let old = stored.iter().find(|o| o.meter == m.meter);
+        if let Some((column, message)) = crate::store::settled_refusal(old, m, cut) {
+            errors.push(RowError {
+                row,
+                column: column.into(),
+                message: format!("meter {} of household {}: {message}", m.meter, m.household),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        errors.sort_by_key(|e| e.row);
+        errors.truncate(MAX_ERRORS);
+        Err(ImportError::Invalid(errors))
+    }
 }
 
 /// Seasons whose span meets `[from, to)` and has started by `now`.

@@ -137,7 +137,7 @@ fn settle_reports_its_cut_and_then_registry_changes_before_it_are_refused() {
         dir.path(),
     );
     assert!(
-        !ok && err.contains("settled") && err.contains("valid_from"),
+        !ok && err.contains("row 2, column meter_from") && err.contains("settled cut"),
         "{err}"
     );
 }

@@ -10,7 +10,7 @@ mod pg_support;
 use std::collections::BTreeSet;
 
 use qingnuan_server::engine::Engine;
-use qingnuan_server::store::{IngestTx, NewReading, Store, StoreError};
+use qingnuan_server::store::{IngestTx, MeterRow, NewReading, Store, StoreError};
 use qingnuan_server::{recompute, registry, settle};
 use qingnuan_shared::calendar::Season;
 use qingnuan_shared::policy::Policy;
@@ -179,7 +179,7 @@ async fn settling_thins_readings_and_changes_no_figure(kind: pg_support::Kind) {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("settled") && e.contains("valid_from") && e.contains("m1"),
+        e.contains("row 2, column meter_from") && e.contains("m1") && e.contains("settled cut"),
         "{e}"
     );
     let power = CSV.replace("m1,2025-10-01,,gw-1,", "m1,2025-10-01,,gw-1,5000");
@@ -187,13 +187,35 @@ async fn settling_thins_readings_and_changes_no_figure(kind: pg_support::Kind) {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("max_power_w") && e.contains("hh-1"), "{e}");
+    assert!(
+        e.contains("row 2, column max_power_w") && e.contains("hh-1"),
+        "{e}"
+    );
     let new_meter = format!("{CSV}hh-3,d,t,v,100,hp,m3,2025-11-02,,gw-1,\n");
     let e = registry::import(&store, new_meter.as_bytes(), &policy, "test", NOW)
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("m3") && e.contains("valid_from"), "{e}");
+    assert!(
+        e.contains("row 4, column meter_from") && e.contains("m3"),
+        "{e}"
+    );
+    // The store checks again inside the import's transaction (a cut raised meanwhile).
+    let moved_row = MeterRow {
+        household: "hh-1".into(),
+        meter: "m1".into(),
+        valid_from: NOV1_20,
+        valid_to: None,
+        gateway: "gw-1".into(),
+    };
+    let e = store
+        .upsert_registry(&[], &[moved_row], &[], "test", NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Settled(m) if m.contains("column meter_from") && m.contains("m1")),
+        "{e}"
+    );
     let removed_later = CSV.replace("m2,2025-10-01,,gw-1,", "m2,2025-10-01,2025-11-09,gw-1,");
     registry::import(&store, removed_later.as_bytes(), &policy, "test", NOW)
         .await

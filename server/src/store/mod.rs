@@ -48,7 +48,10 @@ pub use bulk::{RoundMark, SaveSummary, SavedPair};
 pub use held::{HeldKey, HeldReading};
 pub use ingest::{CommitSummary, IngestTx, NewReading, Quarantined, ReadFailure, StatusUpdate};
 pub use lease::{Lease, LeaseKind};
-pub use registry::{AuditEntry, Binding, HouseholdRow, ImportSummary, MeterRow};
+pub use registry::{
+    settled_power_refusal, settled_refusal, AuditEntry, Binding, HouseholdRow, ImportSummary,
+    MeterRow,
+};
 pub use results::{ComputedNight, DirtyMark, NightRow, StatementRow, StoredReading, CLAIM_S};
 pub use settle::ThinSummary;
 pub use sink::{SinkBacklog, SinkHead, SinkNight, SinkReading};

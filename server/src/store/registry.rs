@@ -139,10 +139,12 @@ impl Store {
                     .bind(cut)
                     .fetch_one(&mut *tx)
                     .await?;
-                    if settled > 0 {
+                    if let Some((column, why)) =
+                        settled_power_refusal(o.max_power_w, h.max_power_w, settled > 0, cut)
+                    {
                         return Err(StoreError::Settled(format!(
-                            "household {}: column max_power_w ({:?} -> {:?}) changes how every reading is judged, and its readings before the settled cut {cut} were thinned",
-                            h.id, o.max_power_w, h.max_power_w
+                            "household {}: column {column}: {why}",
+                            h.id
                         )));
                     }
                 }
@@ -207,8 +209,11 @@ impl Store {
                 sum.unchanged += 1;
                 continue;
             }
-            if let Some(cut) = cut {
-                settled_change(old.as_ref(), m, cut)?;
+            if let Some((column, why)) = cut.and_then(|c| settled_refusal(old.as_ref(), m, c)) {
+                return Err(StoreError::Settled(format!(
+                    "meter {} of household {}: column {column}: {why}",
+                    m.meter, m.household
+                )));
             }
             sqlx::query(
                 "INSERT INTO meters (household, meter, valid_from, valid_to, gateway) VALUES ($1, $2, $3, $4, $5)
@@ -345,33 +350,52 @@ impl Store {
     }
 }
 
-/// Refuses a meter row change that reaches before the settled cut `cut`: a new row
-/// valid from before it, or a `valid_from` / `valid_to` moved where either value is
-/// before it. A change of gateway only is allowed (it binds ingest, not figures).
-fn settled_change(old: Option<&MeterRow>, m: &MeterRow, cut: i64) -> Result<(), StoreError> {
-    let who = format!("meter {} of household {}", m.meter, m.household);
+/// Why a meter row `m` (stored as `old`) may not be imported once readings before the
+/// settled cut `cut` were thinned: `(CSV column, reason)`. Refused: a new row valid from
+/// before the cut, a `meter_from` / `meter_to` moved where the old or the new value is
+/// before it. A change of gateway only, or a removal after the cut, passes.
+pub fn settled_refusal(
+    old: Option<&MeterRow>,
+    m: &MeterRow,
+    cut: i64,
+) -> Option<(&'static str, String)> {
     let before = |t: Option<i64>| t.is_some_and(|t| t < cut);
-    let refuse = |column: &str, from: String, to: String| {
-        Err(StoreError::Settled(format!(
-            "{who}: column {column} ({from} -> {to}) reaches before the settled cut {cut}, where readings were thinned"
-        )))
+    let why = |from: String, to: String| {
+        format!("{from} -> {to} reaches before the settled cut {cut}, where readings were thinned (docs/bounded-state.md)")
     };
     match old {
-        None if m.valid_from < cut => refuse("valid_from", "new".into(), m.valid_from.to_string()),
-        Some(o) if o.valid_from != m.valid_from && o.valid_from.min(m.valid_from) < cut => refuse(
-            "valid_from",
-            o.valid_from.to_string(),
-            m.valid_from.to_string(),
-        ),
-        Some(o) if o.valid_to != m.valid_to && (before(o.valid_to) || before(m.valid_to)) => {
-            refuse(
-                "valid_to",
-                format!("{:?}", o.valid_to),
-                format!("{:?}", m.valid_to),
-            )
+        None if m.valid_from < cut => {
+            Some(("meter_from", why("new".into(), m.valid_from.to_string())))
         }
-        _ => Ok(()),
+        Some(o) if o.valid_from != m.valid_from && o.valid_from.min(m.valid_from) < cut => Some((
+            "meter_from",
+            why(o.valid_from.to_string(), m.valid_from.to_string()),
+        )),
+        Some(o) if o.valid_to != m.valid_to && (before(o.valid_to) || before(m.valid_to)) => {
+            Some((
+                "meter_to",
+                why(format!("{:?}", o.valid_to), format!("{:?}", m.valid_to)),
+            ))
+        }
+        _ => None,
     }
+}
+
+/// Why a household's `max_power_w` may not change from `old` to `new` once readings
+/// before the settled cut `cut` were thinned (`settled`: one of its meters is valid from
+/// before the cut): it changes how every reading is judged.
+pub fn settled_power_refusal(
+    old: Option<i64>,
+    new: Option<i64>,
+    settled: bool,
+    cut: i64,
+) -> Option<(&'static str, String)> {
+    (old != new && settled).then(|| {
+        (
+            "max_power_w",
+            format!("{old:?} -> {new:?} changes how every reading is judged, and this household's readings before the settled cut {cut} were thinned (docs/bounded-state.md)"),
+        )
+    })
 }
 
 async fn audit<B: Serialize, A: Serialize>(
