@@ -54,14 +54,20 @@ fn config_errors_name_key_and_line() {
     assert!(!ok && err.contains("--config"), "{err}");
 }
 
-#[test]
-fn registry_import_reports_row_and_column() {
+/// A directory holding `s.toml`, a config whose store is `./data/s.db`.
+fn with_config() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("s.toml"),
         "[store]\nurl = \"sqlite://./data/s.db\"\n",
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn registry_import_reports_row_and_column() {
+    let dir = with_config();
     let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
                hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,\n\
                hh-2,d,t,v,100,hp,m2,2025-10-01,,gw 2,\n";
@@ -94,12 +100,7 @@ fn registry_import_reports_row_and_column() {
 
 #[test]
 fn settle_reports_its_cut_and_then_registry_changes_before_it_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("s.toml"),
-        "[store]\nurl = \"sqlite://./data/s.db\"\n",
-    )
-    .unwrap();
+    let dir = with_config();
     let csv = "household,district,town,village,heating_area_m2,device,meter,meter_from,meter_to,gateway,max_power_w\n\
                hh-1,d,t,v,100,hp,m1,2025-10-01,,gw-1,\n";
     std::fs::write(dir.path().join("r.csv"), csv).unwrap();

@@ -14,6 +14,21 @@ use super::props::scenario;
 use super::sim::*;
 use crate::engine::{Engine, HouseholdInput, HouseholdSeason, RawReading, Thinning, Verdict};
 
+/// A household of the one meter `meter`, valid from a day before the season, limited to
+/// `max_power_w` W.
+fn one_meter(meter: &MeterId, max_power_w: i64) -> HouseholdInput {
+    let (s0, _) = season_span();
+    HouseholdInput {
+        id: "hh".into(),
+        max_power_w: Some(max_power_w),
+        meters: vec![crate::engine::MeterSpan {
+            meter: meter.clone(),
+            from: s0 - 24 * H,
+            to: None,
+        }],
+    }
+}
+
 /// The readings of `src` without the instants `t` dropped.
 fn kept(
     src: &HashMap<MeterId, Vec<RawReading>>,
@@ -148,26 +163,18 @@ fn a_reading_needed_only_as_the_next_ones_baseline_is_kept() {
         e_wh: 9_000,
         e_valley_wh: None,
     });
-    let hh = HouseholdInput {
-        id: "hh".into(),
-        max_power_w: Some(1_000),
-        meters: vec![crate::engine::MeterSpan {
-            meter: meter.clone(),
-            from: s0 - 24 * H,
-            to: None,
-        }],
-    };
+    let hh = one_meter(&meter, 1_000);
     let src = HashMap::from([(meter.clone(), reads)]);
     let now = at("2025-11-12", 9, 0);
     let (t, full, after) = thin(&hh, &src, now, now);
     assert!(t.verified);
     assert_eq!(after, full);
-    // Each of the 40 one-second reads (after the first three) is the only baseline
-    // from which the next is not a spike: none can go although no boundary uses them.
+    // Each of the 40 one-second reads is the only baseline from which the next is not a
+    // spike: none can go although no boundary uses them.
     let gone = t.drop.get(&meter).map_or(0, Vec::len);
     assert_eq!(gone, 0, "{:?}", t.drop);
-    // With 2,000 W the same reads are judged the same whichever baseline: all but the
-    // boundaries' neighbours and the first three go.
+    // With 100 kW the same reads are judged the same whichever baseline: all but the
+    // boundaries' neighbours go.
     let hh2 = HouseholdInput {
         max_power_w: Some(100_000),
         ..hh
@@ -182,7 +189,6 @@ fn the_valley_registers_own_chain_keeps_its_baselines_too() {
     // The total register stands still while the valley register rises 10 Wh a second
     // (the resolution allowed per step at 1,000 W): the total chain could lose every
     // read, the valley chain none of them.
-    let (s0, _) = season_span();
     let open = at("2025-11-10", 20, 0);
     let meter = MeterId::new("m").unwrap();
     let mut reads = vec![RawReading {
@@ -202,15 +208,7 @@ fn the_valley_registers_own_chain_keeps_its_baselines_too() {
         e_wh: 9_000,
         e_valley_wh: Some(5_000),
     });
-    let hh = HouseholdInput {
-        id: "hh".into(),
-        max_power_w: Some(1_000),
-        meters: vec![crate::engine::MeterSpan {
-            meter: meter.clone(),
-            from: s0 - 24 * H,
-            to: None,
-        }],
-    };
+    let hh = one_meter(&meter, 1_000);
     let src = HashMap::from([(meter.clone(), reads)]);
     let now = at("2025-11-12", 9, 0);
     let (t, full, after) = thin(&hh, &src, now, now);
@@ -259,15 +257,7 @@ fn the_judging_state_at_the_cut_stays_for_readings_still_to_come() {
         r(open - 60, 2_100, Some(600)),
         r(open + 12 * H, 9_000, Some(5_000)),
     ];
-    let hh = HouseholdInput {
-        id: "hh".into(),
-        max_power_w: Some(1_000),
-        meters: vec![crate::engine::MeterSpan {
-            meter: meter.clone(),
-            from: s0 - 24 * H,
-            to: None,
-        }],
-    };
+    let hh = one_meter(&meter, 1_000);
     let src = HashMap::from([(meter.clone(), reads)]);
     let now = at("2025-11-12", 9, 0);
     let (t, full, after) = thin(&hh, &src, now, t0 + 3);
@@ -414,11 +404,7 @@ proptest! {
             });
             reads.push(RawReading { ts: t, e_wh: read, e_valley_wh: valley });
         }
-        let hh = HouseholdInput {
-            id: "hh".into(),
-            max_power_w: Some(max_power),
-            meters: vec![crate::engine::MeterSpan { meter: meter.clone(), from: s0 - 24 * H, to: None }],
-        };
+        let hh = one_meter(&meter, max_power);
         let cut = s0 + cut_h * H;
         let (mut now_reads, mut later) = (Vec::new(), Vec::new());
         for (k, r) in reads.iter().enumerate() {
