@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::engine::Engine;
+use crate::engine::{resume, Engine};
 use crate::recompute::{household_input, season_until, ByMeter};
 use crate::registry::seasons_touched;
 use crate::store::{Store, StoreError};
@@ -57,11 +57,7 @@ pub fn policy_fingerprint(engine: &Engine) -> i64 {
         p.utc_offset_s,
         p.rules
     );
-    // FNV-1a, 64 bits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = resume::fnv(resume::FNV_START, text.as_bytes());
     match i64::from_ne_bytes(h.to_ne_bytes()) {
         0 => 1,
         v => v,

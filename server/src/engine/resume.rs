@@ -95,7 +95,7 @@ pub fn fingerprint(policy: &Policy, household: &HouseholdInput) -> u64 {
 /// policy goes on from: computed once for a round, not per household (formatting the
 /// policy costs more than the rest of the digest).
 pub fn policy_digest(policy: &Policy) -> u64 {
-    fnv(0xcbf2_9ce4_8422_2325, format!("{policy:?}").as_bytes())
+    fnv(FNV_START, format!("{policy:?}").as_bytes())
 }
 
 /// [`fingerprint`] from a [`policy_digest`].
@@ -113,8 +113,11 @@ pub fn fingerprint_after(policy_digest: u64, household: &HouseholdInput) -> u64 
     h
 }
 
+/// The FNV-1a 64-bit offset basis: the state [`fnv`] starts from.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a from state `h` over `bytes`.
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+pub fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
