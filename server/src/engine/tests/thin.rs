@@ -48,6 +48,24 @@ fn kept(
         .collect()
 }
 
+/// `later` arriving after the thinning `t` of `src`: (all readings, the kept ones).
+#[allow(clippy::type_complexity)]
+fn arrive(
+    src: &HashMap<MeterId, Vec<RawReading>>,
+    t: &Thinning,
+    later: &HashMap<MeterId, Vec<RawReading>>,
+) -> (
+    HashMap<MeterId, Vec<RawReading>>,
+    HashMap<MeterId, Vec<RawReading>>,
+) {
+    let (mut all, mut thinned) = (src.clone(), kept(src, t));
+    for (m, rs) in later {
+        all.entry(m.clone()).or_default().extend(rs);
+        thinned.entry(m.clone()).or_default().extend(rs);
+    }
+    (all, thinned)
+}
+
 /// Thins `hh` as of `now` with cut `before`; returns the thinning, the full result and
 /// the result from the kept readings, computed by a fresh engine.
 fn thin(
@@ -343,12 +361,7 @@ proptest! {
         // The check inside never has to refuse what the rule chose.
         prop_assert!(t.verified);
         prop_assert_eq!(&after, &full);
-        let mut all = src.clone();
-        let mut thinned = kept(&src, &t);
-        for (m, rs) in &later {
-            all.entry(m.clone()).or_default().extend(rs);
-            thinned.entry(m.clone()).or_default().extend(rs);
-        }
+        let (all, thinned) = arrive(&src, &t, &later);
         prop_assert_eq!(
             run_with(&Policy::beijing_2018(), now, &hh, &thinned),
             run_with(&Policy::beijing_2018(), now, &hh, &all)
@@ -420,10 +433,7 @@ proptest! {
         prop_assert!(th.verified);
         prop_assert_eq!(&after, &full);
         // Readings at or after the cut that arrive after the thinning.
-        let mut all = src.clone();
-        let mut thinned = kept(&src, &th);
-        all.get_mut(&meter).unwrap().extend(&later);
-        thinned.get_mut(&meter).unwrap().extend(&later);
+        let (all, thinned) = arrive(&src, &th, &HashMap::from([(meter.clone(), later)]));
         prop_assert_eq!(
             run_with(&Policy::beijing_2018(), now, &hh, &thinned),
             run_with(&Policy::beijing_2018(), now, &hh, &all)
