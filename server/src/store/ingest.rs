@@ -1,7 +1,7 @@
 //! The ingest transaction: one batch of MQTT messages, already validated, committed at
 //! once. Every insert is keyed, so committing the same batch twice changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
@@ -137,8 +137,9 @@ fn settled_row(r: &NewReading, cut: i64) -> Quarantined {
     }
 }
 
-/// Rows per multi-row INSERT (8 values each, far below SQLite's variable limit).
-const CHUNK: usize = 100;
+/// Rows per multi-row INSERT (8 values each: 4,000, far below SQLite's limit of 32,766
+/// and PostgreSQL's 65,535).
+const CHUNK: usize = 500;
 
 /// Runs of a PostgreSQL ingest transaction after a deadlock or serialization failure.
 pub(super) const RETRIES: u32 = 5;
@@ -229,56 +230,53 @@ impl Store {
                 *since = since.map(|s| s.min(r.ts));
             }
         };
-        for chunk in readings.chunks(CHUNK) {
-            let mut qb: QueryBuilder<'_> =
-                QueryBuilder::new(self.backend, "INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received) ");
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.meter)
-                    .push_bind(r.ts)
-                    .push_bind(r.e_wh)
-                    .push_bind(r.e_valley_wh)
-                    .push_bind(r.p_w)
-                    .push_bind(r.meter_ts)
-                    .push_bind(&r.gateway)
-                    .push_bind(batch.received);
-            });
-            qb.push(" ON CONFLICT (meter, ts) DO NOTHING RETURNING meter, ts");
-            let inserted: HashSet<(String, i64)> = qb
-                .build()
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1)))
-                .collect();
-            let mut seen_new = HashSet::new();
+        // Each key once, its first value in arrival order; a later value of a key in the
+        // same batch is judged against what the first left stored.
+        let mut keys = HashSet::with_capacity(readings.len());
+        let (firsts, later): (Vec<&NewReading>, Vec<&NewReading>) = readings
+            .iter()
+            .partition(|r| keys.insert((r.meter.as_str(), r.ts)));
+        // Key → the value stored for it now: (e_wh, e_valley_wh).
+        let mut stored: HashMap<(&str, i64), (i64, Option<i64>)> =
+            HashMap::with_capacity(firsts.len());
+        let mut existing: Vec<&NewReading> = Vec::new();
+        for chunk in firsts.chunks(CHUNK) {
+            let before = insert_new(&mut tx, self.backend, chunk, batch.received).await?;
             for r in chunk {
-                let key = (r.meter.clone(), r.ts);
-                if inserted.contains(&key) && seen_new.insert(key) {
+                let key = (r.meter.as_str(), r.ts);
+                if let Some(&value) = before.get(&key) {
+                    stored.insert(key, value);
+                    existing.push(r);
+                } else {
+                    stored.insert(key, (r.e_wh, r.e_valley_wh));
                     sum.new_readings += 1;
                     mark(r, &mut dirty);
                     let t = first.entry(r.meter.as_str()).or_insert(r.ts);
                     *t = (*t).min(r.ts);
-                } else if same_as_stored(&mut tx, r).await? {
-                    sum.repeats += 1;
-                } else {
-                    sum.conflicts += 1;
-                    let flagged = sqlx::query(
-                        "INSERT INTO reading_conflicts (meter, ts, e_wh, e_valley_wh, gateway, received)
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&r.meter)
-                    .bind(r.ts)
-                    .bind(r.e_wh)
-                    .bind(r.e_valley_wh.unwrap_or(-1))
-                    .bind(&r.gateway)
-                    .bind(batch.received)
-                    .execute(&mut *tx)
-                    .await?;
-                    if flagged.rows_affected() > 0 {
-                        // A night resting on this instant is now flagged.
-                        mark(r, &mut dirty);
-                    }
                 }
+            }
+        }
+        for r in existing.into_iter().chain(later) {
+            if stored.get(&(r.meter.as_str(), r.ts)) == Some(&(r.e_wh, r.e_valley_wh)) {
+                sum.repeats += 1;
+                continue;
+            }
+            sum.conflicts += 1;
+            let flagged = sqlx::query(
+                "INSERT INTO reading_conflicts (meter, ts, e_wh, e_valley_wh, gateway, received)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.meter)
+            .bind(r.ts)
+            .bind(r.e_wh)
+            .bind(r.e_valley_wh.unwrap_or(-1))
+            .bind(&r.gateway)
+            .bind(batch.received)
+            .execute(&mut *tx)
+            .await?;
+            if flagged.rows_affected() > 0 {
+                // A night resting on this instant is now flagged.
+                mark(r, &mut dirty);
             }
         }
         for f in &batch.failures {
@@ -379,17 +377,82 @@ impl Store {
     }
 }
 
-async fn same_as_stored(tx: &mut Transaction<'_, Any>, r: &NewReading) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT e_wh, e_valley_wh FROM readings WHERE meter = $1 AND ts = $2")
-        .bind(&r.meter)
-        .bind(r.ts)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match row {
-        Some(row) => {
-            row.get::<i64, _>(0) == r.e_wh && row.get::<Option<i64>, _>(1) == r.e_valley_wh
+/// Inserts `chunk` (distinct keys) and returns the readings that were already stored,
+/// with their stored values: (e_wh, e_valley_wh) by key. Every other reading of the
+/// chunk is stored now, with its own value.
+///
+/// The insert is tried whole first, in a savepoint: when every row goes in (the usual
+/// case) nothing more is asked. Otherwise it is rolled back, the stored rows are looked
+/// up in one query, and the rest inserted again (on PostgreSQL a concurrent replica may
+/// store some of them meanwhile: then again).
+async fn insert_new<'a>(
+    tx: &mut Transaction<'_, Any>,
+    backend: super::Backend,
+    chunk: &[&'a NewReading],
+    received: i64,
+) -> Result<HashMap<(&'a str, i64), (i64, Option<i64>)>, StoreError> {
+    let mut before = HashMap::new();
+    let mut pending: Vec<&NewReading> = chunk.to_vec();
+    for _ in 0..=RETRIES {
+        if pending.is_empty() {
+            return Ok(before);
         }
-        // Not stored and not inserted cannot happen inside one transaction.
-        None => false,
-    })
+        sqlx::query("SAVEPOINT ingest_rows")
+            .execute(&mut **tx)
+            .await?;
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+            backend,
+            "INSERT INTO readings (meter, ts, e_wh, e_valley_wh, p_w, meter_ts, gateway, received) ",
+        );
+        qb.push_values(&pending, |mut b, r| {
+            b.push_bind(&r.meter)
+                .push_bind(r.ts)
+                .push_bind(r.e_wh)
+                .push_bind(r.e_valley_wh)
+                .push_bind(r.p_w)
+                .push_bind(r.meter_ts)
+                .push_bind(&r.gateway)
+                .push_bind(received);
+        });
+        qb.push(" ON CONFLICT (meter, ts) DO NOTHING");
+        let n = qb.build().execute(&mut **tx).await?.rows_affected();
+        if n == pending.len() as u64 {
+            sqlx::query("RELEASE SAVEPOINT ingest_rows")
+                .execute(&mut **tx)
+                .await?;
+            return Ok(before);
+        }
+        sqlx::query("ROLLBACK TO SAVEPOINT ingest_rows")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT ingest_rows")
+            .execute(&mut **tx)
+            .await?;
+        let mut qb: QueryBuilder<'_> = QueryBuilder::new(
+            backend,
+            "SELECT meter, ts, e_wh, e_valley_wh FROM readings WHERE (meter, ts) IN (",
+        );
+        qb.push_values(&pending, |mut b, r| {
+            b.push_bind(&r.meter).push_bind(r.ts);
+        });
+        qb.push(")");
+        let found: HashMap<(String, i64), (i64, Option<i64>)> = qb
+            .build()
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+            .collect();
+        pending.retain(|r| match found.get(&(r.meter.clone(), r.ts)) {
+            Some(&value) => {
+                before.insert((r.meter.as_str(), r.ts), value);
+                false
+            }
+            None => true,
+        });
+    }
+    // Only a store changing under the transaction without end gets here.
+    Err(StoreError::Corrupt(
+        "readings: concurrent inserts did not settle",
+    ))
 }
