@@ -155,6 +155,7 @@ pub async fn start_with_clock(
         policy,
         clock.clone(),
         wake.clone(),
+        stats.clone(),
         stopped.clone(),
     )));
     if config.store.settle_after_days > 0 {

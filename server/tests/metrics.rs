@@ -150,6 +150,7 @@ async fn metrics_follow_ingest_quarantine_and_the_sink_through_an_outage() {
     }
     assert_eq!(m["qingnuan_ingest_quarantined_total"], quarantined);
     assert_eq!(m["qingnuan_ingest_subscribed"], 1);
+    assert_eq!(m["qingnuan_ingest_behind"], 0, "idle: caught up");
     // Ingest lag: the newest reading is t1, and the server clock started at NOW.
     let age = m["qingnuan_ingest_newest_reading_age_seconds"];
     assert!((NOW - t1..NOW - t1 + 120).contains(&age), "{age}");

@@ -128,6 +128,12 @@ async fn render(app: &App) -> Result<String, ApiError> {
         "1 while the broker has acknowledged the subscriptions.",
         i64::from(st.subscribed.load(Relaxed)),
     );
+    e.single(
+        "qingnuan_ingest_behind",
+        "gauge",
+        "1 while ingest is behind the broker (its last batch was full): recompute rests between rounds.",
+        i64::from(st.backlog.is_behind()),
+    );
     e.family(
         "qingnuan_broker_acl_denied_total",
         "counter",

@@ -52,6 +52,44 @@ pub struct IngestStats {
     pub held_dropped: AtomicU64,
     /// Whether the broker has acknowledged the subscriptions on the current connection.
     pub subscribed: AtomicBool,
+    /// Whether ingest is behind the broker (recompute rests while it is).
+    pub backlog: Backlog,
+}
+
+/// Whether ingest is behind: the batch it gathered last was full (`[ingest]
+/// batch_messages`), so messages came at least as fast as they were committed. While it
+/// is, recompute rests between its rounds (`recompute::BACKLOG_REST`): both share one
+/// SQLite writer and the cores, and a backlog is drained first, out of the broker's
+/// memory; every dirty mark is still computed, later and in fewer, larger rounds.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    behind: AtomicBool,
+    cleared: Notify,
+}
+
+impl Backlog {
+    /// Records whether the batch just gathered was full.
+    pub fn set(&self, behind: bool) {
+        if self.behind.swap(behind, Ordering::Relaxed) && !behind {
+            self.cleared.notify_waiters();
+        }
+    }
+
+    /// Whether the last batch was full.
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    /// Waits until ingest is no longer behind, or `most` has passed.
+    pub async fn wait_caught_up(&self, most: Duration) {
+        let cleared = self.cleared.notified();
+        tokio::pin!(cleared);
+        // Registered before the check, so a clearing in between is not missed.
+        cleared.as_mut().enable();
+        if self.is_behind() {
+            let _ = tokio::time::timeout(most, cleared).await;
+        }
+    }
 }
 
 /// Why ingest could not start or stopped.
@@ -148,6 +186,7 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(opts, batch_max * 2 + 64);
     let (tx, rx) = mpsc::unbounded_channel();
     let filters = filters(cfg);
+    let stats = ingest.stats.clone();
     info!(broker = ?cfg.mqtt.url, client_id = %cfg.client_id(), ?filters, "ingest starting");
     let poller = tokio::spawn(poll(
         eventloop,
@@ -166,6 +205,7 @@ pub async fn run(
         version: None,
     };
     let result = worker.run(rx, &mut shutdown).await;
+    stats.backlog.set(false);
     let _ = client.disconnect().await;
     // Give the event loop a moment to send the DISCONNECT, then stop it.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -245,6 +285,8 @@ impl Worker {
                 biased;
                 _ = shutdown.changed() => return self.finish(inflight).await,
                 done = async { (&mut inflight.as_mut()?.commit).await.ok() }, if inflight.is_some() => {
+                    // The commit ended before another message came: caught up.
+                    self.ingest.stats.backlog.set(false);
                     let f = inflight.take();
                     self.acknowledge(f, done).await;
                     continue;
@@ -270,6 +312,7 @@ impl Worker {
                     }
                 }
             }
+            self.ingest.stats.backlog.set(batch.len() >= self.batch_max);
             let tx = loop {
                 match self.validate(&batch).await {
                     Ok(tx) => break tx,
@@ -431,6 +474,40 @@ impl Commit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Recompute's wait on a backlog ends when ingest catches up, or after the most.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_wait_ends_when_ingest_catches_up_or_at_the_most() {
+        let b = Arc::new(Backlog::default());
+        let start = tokio::time::Instant::now();
+        b.wait_caught_up(Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "not behind: no wait");
+        b.set(true);
+        assert!(b.is_behind());
+        b.wait_caught_up(Duration::from_secs(5)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(5),
+            "still behind: the most"
+        );
+        let clear = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                b.set(true);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                b.set(false);
+            })
+        };
+        b.wait_caught_up(Duration::from_secs(5)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(7),
+            "caught up after 2 s of the 5"
+        );
+        clear.await.unwrap();
+        assert!(!b.is_behind());
+    }
 
     #[test]
     fn persistent_session_and_shared_subscription() {
