@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::engine::{resume, Engine};
 use crate::recompute::{household_input, season_until, ByMeter};
 use crate::registry::seasons_touched;
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseKind, Store, StoreError};
 
 /// What a settle pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -187,6 +187,9 @@ pub fn cut_days_back(engine: &Engine, now: i64, days: u32) -> i64 {
 
 /// `[store] settle_after_days`: settles the nights older than `days` days whenever that
 /// cut moves (each morning), until `stop`. A failed pass is logged and tried again later.
+/// With replicas on one PostgreSQL database only the one holding the settle lease
+/// ([`LeaseKind::Settle`]) settles; the others look again every [`LEASE_RETRY`] and take
+/// over when it goes.
 pub async fn run(
     store: Store,
     policy: Policy,
@@ -195,26 +198,41 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut engine = Engine::new(policy);
+    let mut lease = store.lease(LeaseKind::Settle);
     loop {
         let now = clock.now();
         let cut = cut_days_back(&engine, now, days);
-        match store.settled_before().await {
-            Ok(done) if done.is_some_and(|d| d >= cut) => {}
-            Ok(_) => {
-                if let Err(e) = settle(&store, &mut engine, cut, now).await {
-                    warn!(error = %e, "settling failed; trying again later");
+        let mut most = Duration::from_secs(3600);
+        match lease.held().await {
+            Ok(true) => match store.settled_before().await {
+                Ok(done) if done.is_some_and(|d| d >= cut) => {}
+                Ok(_) => {
+                    if let Err(e) = settle(&store, &mut engine, cut, now).await {
+                        warn!(error = %e, "settling failed; trying again later");
+                    }
                 }
+                Err(e) => warn!(error = %e, "settled cut unreadable; trying again later"),
+            },
+            Ok(false) => most = LEASE_RETRY,
+            Err(e) => {
+                warn!(error = %e, "settle lease unreadable; trying again later");
+                most = LEASE_RETRY;
             }
-            Err(e) => warn!(error = %e, "settled cut unreadable; trying again later"),
         }
         // The next cut is a day later; look again then (at least every second, at most
-        // every hour of real time).
+        // every hour of real time, or every LEASE_RETRY while another replica settles).
         let wait = clock
             .real_until(cut.saturating_add(86_400).saturating_mul(1000))
-            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            .clamp(Duration::from_secs(1), most);
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                lease.release().await;
+                return;
+            }
             () = tokio::time::sleep(wait) => {}
         }
     }
 }
+
+/// How often a replica that does not hold the settle lease looks again.
+pub const LEASE_RETRY: Duration = Duration::from_secs(60);

@@ -276,10 +276,10 @@ impl qingnuan_shared::clock::Clock for Fixed {
     }
 }
 
-#[tokio::test]
-async fn a_server_with_settle_after_days_settles_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/s.db", dir.path().display());
+/// On PostgreSQL another replica may hold the settle lease (here the test holds it): the
+/// server then settles nothing until it is given up.
+async fn a_server_with_settle_after_days_settles_by_itself(kind: pg_support::Kind) {
+    let (_guard, db) = pg_support::url(kind);
     {
         let store = Store::open(&db).await.unwrap();
         registry::import(&store, CSV.as_bytes(), &Policy::beijing_2018(), "test", NOW)
@@ -293,6 +293,9 @@ async fn a_server_with_settle_after_days_settles_by_itself() {
         store.commit_ingest(&tx, mark).await.unwrap();
         store.close().await;
     }
+    let other = Store::open(&db).await.unwrap();
+    let mut lease = other.lease(qingnuan_server::store::LeaseKind::Settle);
+    assert!(lease.held().await.unwrap());
     // Nov 11 12:00 less five days: nights labelled before Nov 6 are settled.
     let port = qingnuan_tests::broker::free_port().unwrap();
     let cfg = format!(
@@ -305,6 +308,17 @@ async fn a_server_with_settle_after_days_settles_by_itself() {
         .await
         .unwrap();
     let store = Store::open(&db).await.unwrap();
+    if kind == pg_support::Kind::Postgres {
+        // The server looks every second (the fixed clock): three looks, none settles.
+        tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+        assert_eq!(
+            store.settled_before().await.unwrap(),
+            None,
+            "another holds the lease"
+        );
+        assert_eq!(store.reading_count_of("m1").await.unwrap(), 10 * 50 + 1);
+    }
+    lease.release().await;
     let cut = NOV1_20 + 4 * 86_400 + 12 * 3600;
     let mut left = 0;
     for _ in 0..200 {
@@ -325,3 +339,5 @@ async fn a_server_with_settle_after_days_settles_by_itself() {
     running.stop().await;
     store.close().await;
 }
+
+on_both_backends!(a_server_with_settle_after_days_settles_by_itself);

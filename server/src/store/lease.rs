@@ -1,5 +1,5 @@
 //! Leases: one replica at a time runs a singleton task (the InfluxDB sink, the city
-//! feed). On PostgreSQL a lease is a session-level advisory lock on a connection of its
+//! feed, the morning settle). On PostgreSQL a lease is a session-level advisory lock on a connection of its
 //! own; on SQLite (one process per file) it is always held.
 //!
 //! Invariant: a lease is held exactly while its connection lives and holds the lock;
@@ -19,6 +19,8 @@ pub enum LeaseKind {
     Sink,
     /// The city platform feed.
     Feed,
+    /// Settling each morning (`[store] settle_after_days`).
+    Settle,
 }
 
 impl LeaseKind {
@@ -26,6 +28,7 @@ impl LeaseKind {
         match self {
             LeaseKind::Sink => 7_155_110_002,
             LeaseKind::Feed => 7_155_110_003,
+            LeaseKind::Settle => 7_155_110_004,
         }
     }
 
@@ -34,6 +37,7 @@ impl LeaseKind {
         match self {
             LeaseKind::Sink => "sink",
             LeaseKind::Feed => "feed",
+            LeaseKind::Settle => "settle",
         }
     }
 }
