@@ -1,7 +1,7 @@
 //! Registry import: the CSV of CONTRACT.md (households, meters with validity intervals,
 //! gateways) checked row by row, then upserted so that a re-import updates, never duplicates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use qingnuan_shared::calendar::{Calendar, Season};
@@ -271,18 +271,30 @@ async fn settled_check(store: &Store, reg: &Registry) -> Result<(), ImportError>
     let Some(cut) = store.settled_before().await? else {
         return Ok(());
     };
+    // The stored registry in two queries, not a few per CSV row.
+    let powers = store.household_powers().await?;
+    let mut stored: HashMap<String, Vec<MeterRow>> = HashMap::new();
+    for b in store.bindings().await? {
+        stored
+            .entry(b.household.clone())
+            .or_default()
+            .push(MeterRow {
+                household: b.household,
+                meter: b.meter,
+                valid_from: b.valid_from,
+                valid_to: b.valid_to,
+                gateway: b.gateway,
+            });
+    }
+    let meters_of = |h: &str| stored.get(h).map(Vec::as_slice).unwrap_or_default();
     let mut errors = Vec::new();
     for (h, &row) in reg.households.iter().zip(&reg.household_rows) {
-        let Some(old) = store.household(&h.id).await? else {
+        let Some(&old_power) = powers.get(&h.id) else {
             continue;
         };
-        let settled = store
-            .meters_of(&h.id)
-            .await?
-            .iter()
-            .any(|m| m.valid_from < cut);
+        let settled = meters_of(&h.id).iter().any(|m| m.valid_from < cut);
         if let Some((column, message)) =
-            crate::store::settled_power_refusal(old.max_power_w, h.max_power_w, settled, cut)
+            crate::store::settled_power_refusal(old_power, h.max_power_w, settled, cut)
         {
             errors.push(RowError {
                 row,
@@ -292,8 +304,7 @@ async fn settled_check(store: &Store, reg: &Registry) -> Result<(), ImportError>
         }
     }
     for (m, &row) in reg.meters.iter().zip(&reg.meter_rows) {
-        let stored = store.meters_of(&m.household).await?;
-        let old = stored.iter().find(|o| o.meter == m.meter);
+        let old = meters_of(&m.household).iter().find(|o| o.meter == m.meter);
         if let Some((column, message)) = crate::store::settled_refusal(old, m, cut) {
             errors.push(RowError {
                 row,

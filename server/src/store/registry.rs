@@ -321,6 +321,16 @@ impl Store {
             .collect())
     }
 
+    /// Every household's registered `max_power_w` (W; `None`: the policy's default), by id.
+    pub async fn household_powers(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Option<i64>>, StoreError> {
+        let rows = sqlx::query("SELECT id, max_power_w FROM households")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Every household id, sorted.
     pub async fn household_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT id FROM households ORDER BY id")
