@@ -68,14 +68,15 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// Records whether the batch just gathered was full.
+    /// Records whether ingest is behind: the batch just gathered was full (true), or it
+    /// was not, or a commit ended before the next message came (false).
     pub fn set(&self, behind: bool) {
         if self.behind.swap(behind, Ordering::Relaxed) && !behind {
             self.cleared.notify_waiters();
         }
     }
 
-    /// Whether the last batch was full.
+    /// Whether ingest is behind.
     pub fn is_behind(&self) -> bool {
         self.behind.load(Ordering::Relaxed)
     }
