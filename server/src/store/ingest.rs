@@ -1,7 +1,7 @@
 //! The ingest transaction: one batch of MQTT messages, already validated, committed at
 //! once. Every insert is keyed, so committing the same batch twice changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::{Any, Row, Transaction};
 
@@ -112,6 +112,11 @@ pub struct CommitSummary {
     pub dirty: u64,
     /// Meters whose reading packs a late reading fell into (dropped, to be packed again).
     pub packs_invalidated: u64,
+}
+
+/// A reading's key in the readings table.
+fn key(r: &NewReading) -> (&str, i64) {
+    (r.meter.as_str(), r.ts)
 }
 
 /// The quarantine row of a reading below the settled cut `cut`: keyed by meter and
@@ -230,34 +235,42 @@ impl Store {
                 *since = since.map(|s| s.min(r.ts));
             }
         };
-        // Each key once, its first value in arrival order; a later value of a key in the
-        // same batch is judged against what the first left stored.
-        let mut keys = HashSet::with_capacity(readings.len());
-        let (firsts, later): (Vec<&NewReading>, Vec<&NewReading>) = readings
-            .iter()
-            .partition(|r| keys.insert((r.meter.as_str(), r.ts)));
-        // Key → the value stored for it now: (e_wh, e_valley_wh).
-        let mut stored: HashMap<(&str, i64), (i64, Option<i64>)> =
-            HashMap::with_capacity(firsts.len());
-        let mut existing: Vec<&NewReading> = Vec::new();
+        // Sorted, a key's repeats follow its first reading (its first value in arrival
+        // order); they are judged against what that first one left stored.
+        let is_first = |i: usize| {
+            i == 0 || readings.get(i - 1).map(|p| key(p)) != readings.get(i).map(|r| key(r))
+        };
+        let firsts: Vec<&NewReading> = (0..readings.len())
+            .filter(|&i| is_first(i))
+            .filter_map(|i| readings.get(i).copied())
+            .collect();
+        // Keys stored before this batch, with their stored (e_wh, e_valley_wh): rare.
+        let mut before = HashMap::new();
         for chunk in firsts.chunks(CHUNK) {
-            let before = insert_new(&mut tx, self.backend, chunk, batch.received).await?;
+            let found = insert_new(&mut tx, self.backend, chunk, batch.received).await?;
             for r in chunk {
-                let key = (r.meter.as_str(), r.ts);
-                if let Some(&value) = before.get(&key) {
-                    stored.insert(key, value);
-                    existing.push(r);
-                } else {
-                    stored.insert(key, (r.e_wh, r.e_valley_wh));
+                if !found.contains_key(&key(r)) {
                     sum.new_readings += 1;
                     mark(r, &mut dirty);
                     let t = first.entry(r.meter.as_str()).or_insert(r.ts);
                     *t = (*t).min(r.ts);
                 }
             }
+            before.extend(found);
         }
-        for r in existing.into_iter().chain(later) {
-            if stored.get(&(r.meter.as_str(), r.ts)) == Some(&(r.e_wh, r.e_valley_wh)) {
+        // The value stored for the key of the reading in hand.
+        let mut stored = (0, None);
+        for (i, r) in readings.iter().enumerate() {
+            if is_first(i) {
+                match before.get(&key(r)) {
+                    Some(&value) => stored = value,
+                    None => {
+                        stored = (r.e_wh, r.e_valley_wh);
+                        continue;
+                    }
+                }
+            }
+            if stored == (r.e_wh, r.e_valley_wh) {
                 sum.repeats += 1;
                 continue;
             }
