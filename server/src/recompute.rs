@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use qingnuan_shared::calendar::{BoundaryKind, Calendar, Night, Season};
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use crate::engine::resume::{self, Plan, SeasonState};
 use crate::engine::{
-    explain_judgement, explain_night, BoundaryValue, EdgeKind, Engine, HouseholdInput,
+    explain_judgement, explain_night, BoundaryValue, EdgeKind, Engine, Flags, HouseholdInput,
     HouseholdSeason, MeterSpan, RawReading, ReadingSource, SeasonFrame, Seed, UsedReading,
 };
 use crate::store::packs;
@@ -44,7 +44,7 @@ type Job<'a> = (
 
 /// Threads a round computes on: the machine's cores, at most 8.
 fn compute_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    static N: OnceLock<usize> = OnceLock::new();
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
 }
 
@@ -224,6 +224,8 @@ fn compute_pair<R: ReadingSource + ?Sized>(
             |i, k| seed_of(&seeds, i, k, seeded_from),
             None,
         );
+        drop(nights);
+        engine.recycle(out);
         return (statement, rows, None, state);
     };
     let mut out = engine.household_resumed(frame, input, readings, &plan.seeds);
@@ -263,6 +265,8 @@ fn compute_pair<R: ReadingSource + ?Sized>(
         |i, k| seed_of(&seeds, i, k, fresh_from),
         Some(&old),
     );
+    drop(nights);
+    engine.recycle(out);
     (statement, rows, from, state)
 }
 
@@ -820,15 +824,11 @@ fn rows_from(
             .iter()
             .filter(|n| from.is_none_or(|f| n.night >= f))
             .map(|n| {
-                let mut flags: Vec<&'static str> = n.flags.names().collect();
-                if conflicted(n) {
-                    flags.push(READING_CONFLICT);
-                }
                 let row = ComputedNight {
                     night: n.night,
                     wh: n.wh.0,
                     quality: n.quality.as_str(),
-                    flags,
+                    flags: night_flag_names(n.flags, conflicted(n)),
                     detail: String::new(),
                 };
                 let set_aside: Vec<Value> = out
@@ -901,6 +901,28 @@ fn rows_from(
         statement.flags.push(READING_CONFLICT.into());
     }
     (statement, nights)
+}
+
+/// The names of a night's flags, the engine's then [`READING_CONFLICT`], as one static
+/// list per combination (built once): a night's row allocates nothing for them.
+fn night_flag_names(flags: Flags, conflict: bool) -> &'static [&'static str] {
+    /// Every engine flag is one of the low six bits.
+    const ENGINE: u16 = (1 << 6) - 1;
+    static LISTS: OnceLock<Vec<Vec<&'static str>>> = OnceLock::new();
+    let lists = LISTS.get_or_init(|| {
+        (0..=ENGINE)
+            .flat_map(|bits| [false, true].map(|c| (bits, c)))
+            .map(|(bits, c)| {
+                let mut names: Vec<&'static str> = Flags(bits).names().collect();
+                if c {
+                    names.push(READING_CONFLICT);
+                }
+                names
+            })
+            .collect()
+    });
+    let k = usize::from(flags.0 & ENGINE) * 2 + usize::from(conflict);
+    lists.get(k).map_or(&[], Vec::as_slice)
 }
 
 fn boundary(b: &BoundaryValue, offset: UtcOffset) -> Value {

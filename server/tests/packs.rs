@@ -322,3 +322,78 @@ fn on_postgres_packing_racing_late_readings_loses_none() {
         store.close().await;
     });
 }
+
+/// A round of many meters, read as two halves at once, on SQLite and on PostgreSQL: every
+/// meter's readings (from packs and from the table) and conflicts come back, whichever
+/// half it fell in, exactly as the table holds them.
+async fn a_round_of_many_meters_reads_each_exactly(url: &str) {
+    /// More meters than a round reads in one piece (`SPLIT_READ_MIN`, 256).
+    const METERS: i64 = 600;
+    let store = Store::open(url).await.unwrap();
+    let meter = |i: i64| format!("m{i:04}");
+    // Meter i: 3 + i % 7 readings a day apart; one meter in ten conflicts on its first.
+    let batch: Vec<NewReading> = (0..METERS)
+        .flat_map(|i| {
+            (0..3 + i % 7).map(move |k| NewReading {
+                meter: meter(i),
+                ts: FIRST + k * 86_400 + i,
+                e_wh: 1_000 * i + 500 * k,
+                e_valley_wh: (i % 2 == 0).then_some(100 * k),
+                p_w: None,
+                meter_ts: None,
+                gateway: "gw-1".into(),
+            })
+        })
+        .collect();
+    commit(&store, &batch).await;
+    let clash: Vec<NewReading> = batch
+        .iter()
+        .filter(|r| r.ts == FIRST + r.e_wh / 1_000 && (r.e_wh / 1_000) % 10 == 3)
+        .map(|r| NewReading {
+            e_wh: r.e_wh + 1,
+            ..r.clone()
+        })
+        .collect();
+    assert_eq!(clash.len(), 60);
+    commit(&store, &clash).await;
+    // The first chunks packed: each meter is read below its cover and above it.
+    store
+        .pack_all(chunk_start(chunk_of(FIRST) + 1))
+        .await
+        .unwrap();
+    let ask: Vec<(String, Option<i64>)> = (0..METERS).map(|i| (meter(i), None)).collect();
+    let (got, conflicts) = store.round_readings(&ask, UNTIL).await.unwrap();
+    assert_eq!(got.len() as i64, METERS);
+    for i in 0..METERS {
+        let m = meter(i);
+        let want = store.readings_of(&m, UNTIL).await.unwrap();
+        assert_eq!(want.len() as i64, 3 + i % 7, "{m}");
+        assert_eq!(got.get(&m), Some(&want), "{m}");
+        let at = store.conflicts_of(&m).await.unwrap();
+        assert_eq!(at.len(), usize::from(i % 10 == 3), "{m}");
+        assert_eq!(conflicts.get(&m).cloned().unwrap_or_default(), at, "{m}");
+    }
+    store.close().await;
+}
+
+#[test]
+fn a_round_of_many_meters_reads_each_exactly_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(a_round_of_many_meters_reads_each_exactly(&sqlite_url(&dir)));
+}
+
+#[test]
+fn a_round_of_many_meters_reads_each_exactly_on_postgres() {
+    let pg = pg_support::PgServer::start(false);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(a_round_of_many_meters_reads_each_exactly(&pg.fresh_url()));
+}

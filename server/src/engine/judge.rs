@@ -110,6 +110,48 @@ impl Seed {
     }
 }
 
+/// [`Seed::at`] for each instant of `at`, in one sweep of `acc` when `at` increases
+/// (the opens of a season's nights do); otherwise one search each. Same answers.
+pub(crate) fn seeds_each(
+    acc: &[UsedReading],
+    at: &[UnixTime],
+    resumed: Option<&Seed>,
+) -> Vec<Option<Seed>> {
+    if !at.windows(2).all(|w| matches!(w, [a, b] if a <= b)) {
+        return at.iter().map(|&t| Seed::at(acc, t, resumed)).collect();
+    }
+    let mut out = Vec::with_capacity(at.len());
+    // `n`: readings at or before the current instant; `valley`: the latest reading with
+    // both valley values among `acc[..scanned]`, where `scanned` trails `n - 1`.
+    let (mut n, mut scanned) = (0usize, 0usize);
+    let mut valley: Option<(UnixTime, i64, i64)> = None;
+    for &t in at {
+        while acc.get(n).is_some_and(|r| r.ts <= t) {
+            n += 1;
+        }
+        let Some(before) = n.checked_sub(1).and_then(|k| acc.get(..k)) else {
+            out.push(None);
+            continue;
+        };
+        for r in before.get(scanned..).unwrap_or(&[]) {
+            if let (Some(v), Some(u)) = (r.e_valley_wh, r.valley_unwrapped_wh) {
+                valley = Some((r.ts, v, u));
+            }
+        }
+        scanned = before.len();
+        let (Some(last), Some(latest)) = (before.last(), acc.get(before.len())) else {
+            out.push(None);
+            continue;
+        };
+        out.push(Some(Seed {
+            latest: latest.ts,
+            last: *last,
+            valley_base: valley.or_else(|| resumed.and_then(|s| s.valley_base)),
+        }));
+    }
+    out
+}
+
 /// Sorts `raw` by `(ts, e_wh, e_valley_wh)` into `buf` unless it already is, and
 /// returns the sorted slice. Exact repeats and same-`ts` conflicts stay; [`judge`]
 /// keeps the first of each `ts`.
@@ -473,5 +515,47 @@ mod tests {
             judged.iter().map(|j| j.verdict).collect::<Vec<_>>(),
             [Verdict::ValleyNegativeDelta]
         );
+    }
+
+    proptest::proptest! {
+        /// The one-sweep seeds are [`Seed::at`]'s, whether the instants increase or not,
+        /// with valley values on some readings and a resumed valley baseline or none.
+        #[test]
+        fn seeds_each_agrees_with_seed_at(
+            steps in proptest::collection::vec((1i64..5_000, proptest::option::of(0i64..1_000)), 0..40),
+            at in proptest::collection::vec(0i64..120_000, 0..20),
+            sort_at in proptest::bool::ANY,
+            resumed_valley in proptest::option::of((0i64..10, 0i64..100)),
+        ) {
+            let mut ts = 0;
+            let acc: Vec<UsedReading> = steps
+                .iter()
+                .enumerate()
+                .map(|(k, &(dt, v))| {
+                    ts += dt;
+                    UsedReading {
+                        ts,
+                        e_wh: k as i64 * 10,
+                        unwrapped_wh: k as i64 * 10,
+                        e_valley_wh: v,
+                        valley_unwrapped_wh: v.map(|v| v + 7),
+                    }
+                })
+                .collect();
+            let mut at = at;
+            if sort_at {
+                at.sort_unstable();
+            }
+            let resumed = acc.get(..2).and_then(|first| {
+                Some(Seed {
+                    latest: first.get(1)?.ts,
+                    last: *first.first()?,
+                    valley_base: resumed_valley.map(|(t, v)| (t, v, v)),
+                })
+            });
+            let each = seeds_each(&acc, &at, resumed.as_ref());
+            let one: Vec<_> = at.iter().map(|&t| Seed::at(&acc, t, resumed.as_ref())).collect();
+            proptest::prop_assert_eq!(each, one);
+        }
     }
 }

@@ -117,6 +117,17 @@ pub struct Engine {
     order: Vec<usize>,
     /// The seed each slot of the last run was resumed from.
     resumed: Vec<Option<Seed>>,
+    /// Buffers of a result handed back ([`Engine::recycle`]), emptied: the next run fills
+    /// them instead of allocating a season's nights and parts again.
+    spare: Spare,
+}
+
+/// Emptied result buffers kept for the next run.
+#[derive(Debug, Clone, Default)]
+struct Spare {
+    nights: Vec<NightFigure>,
+    parts: Vec<Part>,
+    judged: Vec<Judgement>,
 }
 
 impl Engine {
@@ -129,7 +140,28 @@ impl Engine {
             accepted: Vec::new(),
             order: Vec::new(),
             resumed: Vec::new(),
+            spare: Spare::default(),
         }
+    }
+
+    /// Takes back a result's buffers for the next household: a round computing many
+    /// households then allocates its nights and parts once, not once per household
+    /// (freed and allocated again, each season's parts, tens of KiB, cost page faults).
+    pub fn recycle(&mut self, out: HouseholdSeason) {
+        let HouseholdSeason {
+            mut nights,
+            mut parts,
+            mut judged,
+            ..
+        } = out;
+        nights.clear();
+        parts.clear();
+        judged.clear();
+        self.spare = Spare {
+            nights,
+            parts,
+            judged,
+        };
     }
 
     /// The policy.
@@ -224,7 +256,11 @@ impl Engine {
         }
         self.resumed.clear();
         self.resumed.resize(meters.len(), None);
-        let mut judged = Vec::new();
+        let Spare {
+            mut nights,
+            mut parts,
+            mut judged,
+        } = std::mem::take(&mut self.spare);
         let mut judged_ranges = Vec::with_capacity(meters.len());
         for (slot, &i) in self.order.iter().enumerate() {
             let before = judged.len();
@@ -266,8 +302,8 @@ impl Engine {
                 })
             })
             .collect();
-        let mut nights = Vec::with_capacity(frame.nights().len());
-        let mut parts = Vec::with_capacity(frame.nights().len());
+        nights.reserve(frame.nights().len());
+        parts.reserve(frame.nights().len());
         night::assemble(frame, &mut views, &self.policy, &mut nights, &mut parts);
         drop(views);
         let statement = season::settle(&mut nights, &self.policy);
@@ -293,7 +329,7 @@ impl Engine {
                 continue;
             };
             let resumed = self.resumed.get(slot).and_then(Option::as_ref);
-            *o = at.iter().map(|&t| Seed::at(acc, t, resumed)).collect();
+            *o = judge::seeds_each(acc, at, resumed);
         }
         out
     }

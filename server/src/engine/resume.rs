@@ -279,18 +279,16 @@ pub fn next_state(
             s.push(v);
         }
     }
-    let saved = nights
-        .iter()
-        .filter_map(|(n, conflict)| {
-            let index = frame_nights.binary_search_by(|f| f.0.cmp(&n.night)).ok()?;
-            Some(SavedNight {
-                index,
-                wh: n.wh.0,
-                quality: n.quality,
-                flags: n.flags.0 | if *conflict { CONFLICT_BIT } else { 0 },
-            })
+    let mut saved = Vec::with_capacity(nights.len());
+    saved.extend(nights.iter().filter_map(|(n, conflict)| {
+        let index = frame_nights.binary_search_by(|f| f.0.cmp(&n.night)).ok()?;
+        Some(SavedNight {
+            index,
+            wh: n.wh.0,
+            quality: n.quality,
+            flags: n.flags.0 | if *conflict { CONFLICT_BIT } else { 0 },
         })
-        .collect();
+    }));
     SeasonState {
         fingerprint,
         frame_len,
@@ -328,7 +326,10 @@ pub fn night_at(frame: &SeasonFrame, index: usize) -> Option<Night> {
 impl SeasonState {
     /// Compact bytes (LEB128 varints, zigzag for signed values).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(16 + self.nights.len() * 5));
+        // Sized for the usual record lengths (a night ~5 bytes, a seed ~25), so that the
+        // buffer is not grown and copied while written.
+        let seeds: usize = self.seeds.iter().map(Vec::len).sum();
+        let mut w = Writer(Vec::with_capacity(24 + self.nights.len() * 6 + seeds * 28));
         w.0.push(VERSION);
         w.0.extend_from_slice(&self.fingerprint.to_le_bytes());
         w.uint(self.frame_len as u64);

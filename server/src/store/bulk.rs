@@ -17,6 +17,10 @@ use crate::varint::Writer;
 /// Ids per `IN (…)` list: far below SQLite's and PostgreSQL's bind limits.
 const IDS: usize = 500;
 
+/// Meters a round reads at least before [`Store::round_readings`] splits them in two
+/// concurrent halves (fewer are not worth a second connection).
+const SPLIT_READ_MIN: usize = 256;
+
 /// A dirty mark as a round takes it, with what the round needs of the pair besides its
 /// readings and meters: one query for all three.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,14 +213,30 @@ impl Store {
         }
         let mut ids: Vec<&str> = bound.keys().copied().collect();
         ids.sort_unstable();
-        let mut conn = self.pool.acquire().await?;
         // (meter, after, before), exclusive: below a meter's cover from its packs, above it
         // from the table.
         let asked: Vec<(&str, i64, i64)> = ids
             .iter()
             .map(|&m| (m, bound[m].unwrap_or(i64::MIN), until))
             .collect();
-        packs::round_rows(&mut conn, self.backend, &asked).await
+        // A whole round's meters are read as two halves at once, each on a connection of
+        // its own: the database steps one half's statements while this task decodes the
+        // other's rows (a lone pooled connection, in memory, reads them in turn).
+        if asked.len() < SPLIT_READ_MIN || self.pool.options().get_max_connections() < 3 {
+            return self.round_rows(&asked).await;
+        }
+        let (a, b) = asked.split_at(asked.len() / 2);
+        let ((mut readings, mut conflicts), (more, more_conflicts)) =
+            tokio::try_join!(self.round_rows(a), self.round_rows(b))?;
+        readings.extend(more);
+        conflicts.extend(more_conflicts);
+        Ok((readings, conflicts))
+    }
+
+    /// [`packs::round_rows`] on a pooled connection.
+    async fn round_rows(&self, asked: &[(&str, i64, i64)]) -> Result<packs::RoundRows, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        packs::round_rows(&mut conn, self.backend, asked).await
     }
 
     /// Stores the figures of many (household, season) pairs in one transaction, writing
@@ -589,12 +609,12 @@ async fn clear_marks(
 mod tests {
     use super::*;
 
-    fn night(night: &str, wh: i64, flags: &[&'static str]) -> ComputedNight {
+    fn night(night: &str, wh: i64, flags: &'static [&'static str]) -> ComputedNight {
         ComputedNight {
             night: night.parse().unwrap(),
             wh,
             quality: "actual",
-            flags: flags.to_vec(),
+            flags,
             detail: String::new(),
         }
     }

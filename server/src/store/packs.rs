@@ -452,13 +452,14 @@ pub(super) async fn round_rows(
         for r in qb.build().fetch_all(&mut *conn).await? {
             let meter: String = r.get(0);
             let upto: Option<i64> = r.get(1);
-            let packed: Option<Vec<u8>> = r.get(2);
+            // Borrowed from the row: a season's packs are not copied once more.
+            let packed: Option<&[u8]> = r.get(2);
             let above: Option<&str> = r.get(3);
             let (lo, hi) = bounds.get(meter.as_str()).copied().unwrap_or((0, 0));
             let mut readings = Vec::new();
             if let (Some(upto), Some(packed)) = (upto, packed) {
                 let hi = hi.min(upto);
-                decode_all_into(&packed, |t| t > lo && t < hi, &mut readings)
+                decode_all_into(packed, |t| t > lo && t < hi, &mut readings)
                     .ok_or(StoreError::Corrupt("reading_packs"))?;
             }
             if let Some(above) = above {

@@ -36,8 +36,8 @@ pub struct ComputedNight {
     pub wh: i64,
     /// `actual`, `estimated` or `missing`.
     pub quality: &'static str,
-    /// Flag names.
-    pub flags: Vec<&'static str>,
+    /// Flag names (a shared static list: a night allocates nothing for them).
+    pub flags: &'static [&'static str],
     /// JSON, as [`NightRow::detail`].
     pub detail: String,
 }
